@@ -1,0 +1,81 @@
+"""wsclient: a client-side WebSocket connection pool and load balancer for asyncio.
+
+::
+
+    async with WebSocketPool(backends=["ws://a/ws", "ws://b/ws"]) as pool:
+        async with pool.acquire() as conn:
+            await conn.send_json({"hello": "world"})
+            reply = await conn.receive_json(timeout=5)
+"""
+
+from wsclient.backend import BackendHealth
+from wsclient.balancers import Balancer, balancer_names, register_balancer
+from wsclient.config import (
+    ApiKeyAuth,
+    Backend,
+    BackoffConfig,
+    BearerAuth,
+    CircuitBreakerConfig,
+    ConnectionOptions,
+    HealthCheckConfig,
+    HeartbeatConfig,
+    PoolConfig,
+)
+from wsclient.connection import (
+    CloseCode,
+    Connection,
+    ConnectionState,
+    Message,
+    MessageType,
+    connect,
+    describe_close_code,
+)
+from wsclient.errors import (
+    AcquireTimeoutError,
+    ConnectError,
+    ConnectionClosedError,
+    ConnectionReleasedError,
+    MessageTooBigError,
+    NoHealthyBackendError,
+    PoolClosedError,
+    PoolMisuseError,
+    WSClientError,
+)
+from wsclient.events import EVENTS
+from wsclient.pool import WebSocketPool
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "EVENTS",
+    "AcquireTimeoutError",
+    "ApiKeyAuth",
+    "Backend",
+    "BackendHealth",
+    "BackoffConfig",
+    "Balancer",
+    "BearerAuth",
+    "CircuitBreakerConfig",
+    "CloseCode",
+    "ConnectError",
+    "Connection",
+    "ConnectionClosedError",
+    "ConnectionOptions",
+    "ConnectionReleasedError",
+    "ConnectionState",
+    "HealthCheckConfig",
+    "HeartbeatConfig",
+    "Message",
+    "MessageTooBigError",
+    "MessageType",
+    "NoHealthyBackendError",
+    "PoolClosedError",
+    "PoolConfig",
+    "PoolMisuseError",
+    "WSClientError",
+    "WebSocketPool",
+    "balancer_names",
+    "connect",
+    "describe_close_code",
+    "register_balancer",
+]

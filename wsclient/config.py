@@ -1,0 +1,324 @@
+"""Configuration models: every option, its default and its validation.
+
+All models are pydantic v2 and frozen-by-convention (the pool copies what it
+needs at start). Bad values raise ``pydantic.ValidationError`` (a
+``ValueError``) naming the field, before any socket opens. Nested options
+accept a model or a plain dict. Secrets (tokens, API keys, auth headers) are
+kept out of ``repr`` so they never reach logs.
+"""
+
+from __future__ import annotations
+
+import ssl as ssl_module
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, Literal, TypeAlias
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
+from yarl import URL
+
+AuthProvider: TypeAlias = Callable[[], Awaitable[Mapping[str, str]]]
+
+#: Header names whose values are never shown in repr, logs or errors.
+SENSITIVE_HEADERS = frozenset(
+    {"authorization", "proxy-authorization", "cookie", "x-api-key", "api-key", "x-auth-token"}
+)
+
+
+def redact_headers(headers: Mapping[str, str]) -> dict[str, str]:
+    """Return ``headers`` with the values of credential-bearing headers masked."""
+    return {
+        name: "**********" if _is_sensitive_header(name) else value
+        for name, value in headers.items()
+    }
+
+
+def _is_sensitive_header(name: str) -> bool:
+    lowered = name.lower()
+    return lowered in SENSITIVE_HEADERS or any(
+        word in lowered for word in ("token", "secret", "password", "api-key", "apikey")
+    )
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True, validate_default=True)
+
+
+class BearerAuth(_Model):
+    """``Authorization: Bearer <token>``."""
+
+    token: SecretStr
+
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token.get_secret_value()}"}
+
+
+class ApiKeyAuth(_Model):
+    """An API key sent in a header (``X-API-Key`` unless told otherwise)."""
+
+    key: SecretStr
+    header: str = "X-API-Key"
+
+    def headers(self) -> dict[str, str]:
+        return {self.header: self.key.get_secret_value()}
+
+
+#: A plain string is a bearer token; an async callable returns headers and is
+#: called again on every (re)connect, so short-lived tokens can be refreshed.
+AuthSpec: TypeAlias = BearerAuth | ApiKeyAuth | AuthProvider
+
+
+def _coerce_auth(value: Any) -> Any:
+    if isinstance(value, str):
+        return BearerAuth(token=SecretStr(value))
+    if isinstance(value, SecretStr):
+        return BearerAuth(token=value)
+    return value
+
+
+class HeartbeatConfig(_Model):
+    """WebSocket ping keep-alive; a missed pong closes the connection with 1006."""
+
+    interval: float | None = Field(default=20.0, gt=0)
+    """Seconds without any received data before a ping is sent; None disables."""
+    timeout: float = Field(default=20.0, gt=0)
+    """Seconds to wait for the pong before the connection is declared dead."""
+
+
+class HealthCheckConfig(_Model):
+    """Active probing of every backend."""
+
+    enabled: bool = True
+    interval: float = Field(default=30.0, gt=0)
+    timeout: float = Field(default=5.0, gt=0)
+    unhealthy_threshold: int = Field(default=3, ge=1)
+    healthy_threshold: int = Field(default=2, ge=1)
+    path: str | None = None
+    """HTTP GET on the backend's origin + path; None: WebSocket handshake + ping probe."""
+    jitter: float = Field(default=0.1, ge=0, lt=1)
+    """Each interval is scaled by a random factor in [1 - jitter, 1 + jitter]."""
+
+    @field_validator("path")
+    @classmethod
+    def _path_is_absolute(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith("/"):
+            raise ValueError(f"path must start with '/', got {value!r}")
+        return value
+
+
+class CircuitBreakerConfig(_Model):
+    """Per-backend breaker fed by passive signals (connect errors, abnormal closes)."""
+
+    enabled: bool = True
+    failure_threshold: int = Field(default=5, ge=1)
+    recovery_timeout: float = Field(default=60.0, gt=0)
+    half_open_max_trials: int = Field(default=1, ge=1)
+
+
+class BackoffConfig(_Model):
+    """Reconnect delays per backend: exponential, jittered, capped."""
+
+    initial_delay: float = Field(default=1.0, gt=0)
+    multiplier: float = Field(default=1.6, ge=1)
+    jitter: float = Field(default=0.2, ge=0, lt=1)
+    max_delay: float = Field(default=120.0, gt=0)
+
+    @model_validator(mode="after")
+    def _cap_not_below_start(self) -> BackoffConfig:
+        if self.max_delay < self.initial_delay:
+            raise ValueError(
+                f"reconnect.max_delay ({self.max_delay}) < reconnect.initial_delay "
+                f"({self.initial_delay})"
+            )
+        return self
+
+
+def _validate_ws_url(value: str) -> str:
+    try:
+        url = URL(value)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"not a valid URL: {exc}") from None
+    if url.scheme not in ("ws", "wss"):
+        raise ValueError(f"url scheme must be ws:// or wss://, got {url.scheme or 'none'!r}")
+    if not url.host:
+        raise ValueError("url has no host")
+    if url.user is not None or url.password is not None:
+        # Credentials in a URL end up in logs and error messages; refuse them.
+        raise ValueError("url must not contain credentials (user:password@); use auth= instead")
+    return value
+
+
+class ConnectionOptions(_Model):
+    """Options of one WebSocket connection (``connect()`` keywords, pool defaults)."""
+
+    max_message_size: int = Field(default=4 * 1024 * 1024, ge=0)
+    """Largest message accepted or sent, in bytes; 0 disables the limit."""
+    compression: bool = False
+    """Negotiate permessage-deflate."""
+    protocols: tuple[str, ...] = ()
+    """Subprotocols offered in the handshake."""
+    headers: dict[str, str] = Field(default_factory=dict)
+    auth: AuthSpec | None = None
+    connect_timeout: float = Field(default=10.0, gt=0)
+    close_timeout: float = Field(default=5.0, gt=0)
+    """How long close() waits for the peer's close frame."""
+    ssl: ssl_module.SSLContext | bool | None = None
+    """None/True: verify certificates (default); an SSLContext: use it; False: don't verify."""
+    heartbeat: HeartbeatConfig = Field(default_factory=HeartbeatConfig)
+
+    @field_validator("auth", mode="before")
+    @classmethod
+    def _string_is_bearer(cls, value: Any) -> Any:
+        return _coerce_auth(value)
+
+    def __repr_args__(self) -> Any:
+        for name, value in super().__repr_args__():
+            if name == "headers" and isinstance(value, Mapping):
+                yield name, redact_headers(value)
+            else:
+                yield name, value
+
+
+# Fields a Backend may override; None means "inherit the pool's value".
+_OVERRIDABLE = tuple(ConnectionOptions.model_fields)
+
+
+class Backend(_Model):
+    """One upstream WebSocket server.
+
+    ``Backend("ws://host/ws")`` or a plain URL string in ``backends=`` gives
+    ``id = url`` and ``weight = 1``. Any connection option set here overrides
+    the pool's for this backend only.
+    """
+
+    id: str = ""
+    url: str
+    weight: int = Field(default=1, ge=1, le=10_000)
+    max_message_size: int | None = Field(default=None, ge=0)
+    compression: bool | None = None
+    protocols: tuple[str, ...] | None = None
+    headers: dict[str, str] | None = None
+    auth: AuthSpec | None = None
+    connect_timeout: float | None = Field(default=None, gt=0)
+    close_timeout: float | None = Field(default=None, gt=0)
+    ssl: ssl_module.SSLContext | bool | None = None
+    heartbeat: HeartbeatConfig | None = None
+
+    def __init__(self, url: str | None = None, /, **data: Any) -> None:
+        if url is not None:
+            data["url"] = url
+        super().__init__(**data)
+
+    @field_validator("auth", mode="before")
+    @classmethod
+    def _string_is_bearer(cls, value: Any) -> Any:
+        return _coerce_auth(value)
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        return _validate_ws_url(value)
+
+    @model_validator(mode="after")
+    def _default_id(self) -> Backend:
+        if not self.id:
+            self.id = self.url
+        return self
+
+    def __repr_args__(self) -> Any:
+        for name, value in super().__repr_args__():
+            if value is None:
+                continue  # inherited options are noise in a repr
+            if name == "headers" and isinstance(value, Mapping):
+                yield name, redact_headers(value)
+            else:
+                yield name, value
+
+    def connection_options(self, defaults: ConnectionOptions) -> ConnectionOptions:
+        """The pool's connection options with this backend's overrides applied."""
+        overrides = {
+            name: getattr(self, name) for name in _OVERRIDABLE if getattr(self, name) is not None
+        }
+        if not overrides:
+            return defaults
+        if "headers" in overrides:
+            overrides["headers"] = {**defaults.headers, **overrides["headers"]}
+        return defaults.model_copy(update=overrides)
+
+
+LoadBalancing: TypeAlias = str
+
+
+class PoolConfig(ConnectionOptions):
+    """Everything ``WebSocketPool`` accepts; see the README for each option."""
+
+    backends: list[Backend] = Field(default_factory=list)
+    load_balancing: LoadBalancing = "weighted-round-robin"
+    min_connections: int = Field(default=2, ge=0)
+    max_connections: int = Field(default=50, ge=1)
+    acquire_timeout: float | None = Field(default=30.0, gt=0)
+    idle_timeout: float | None = Field(default=300.0, gt=0)
+    max_lifetime: float | None = Field(default=None, gt=0)
+    """Recycle connections after this many seconds (±10 % jitter); None: never."""
+    validate_on_checkout: bool = False
+    shutdown_timeout: float = Field(default=30.0, ge=0)
+    """How long close() waits for leased connections to come back before closing them."""
+    health_check: HealthCheckConfig = Field(default_factory=HealthCheckConfig)
+    circuit_breaker: CircuitBreakerConfig = Field(default_factory=CircuitBreakerConfig)
+    reconnect: BackoffConfig = Field(default_factory=BackoffConfig)
+    panic_threshold: float | None = Field(default=None, gt=0, le=1)
+    """If the healthy share of backends falls below this, route to all of them."""
+    slow_start: float | None = Field(default=None, gt=0)
+    """Seconds over which a recovered backend's weight ramps from 10 % to 100 %."""
+    on_idle_message: Literal["discard", "close"] = "discard"
+    """What to do with a data message that arrives on an idle pooled connection."""
+
+    @field_validator("backends", mode="before")
+    @classmethod
+    def _plain_urls(cls, value: Any) -> Any:
+        if isinstance(value, str | Backend | Mapping):
+            raise ValueError("backends must be a list of Backend, dict or URL string")
+        if isinstance(value, list | tuple):
+            return [Backend(url=item) if isinstance(item, str) else item for item in value]
+        return value
+
+    @field_validator("backends")
+    @classmethod
+    def _unique_ids(cls, value: list[Backend]) -> list[Backend]:
+        seen: set[str] = set()
+        for backend in value:
+            if backend.id in seen:
+                raise ValueError(f"duplicate backend id {backend.id!r}")
+            seen.add(backend.id)
+        return value
+
+    @field_validator("load_balancing")
+    @classmethod
+    def _known_strategy(cls, value: str) -> str:
+        from wsclient.balancers import balancer_names
+
+        names = balancer_names()
+        if value not in names:
+            raise ValueError(f"unknown load_balancing {value!r}; choose one of: {', '.join(names)}")
+        return value
+
+    @model_validator(mode="after")
+    def _sizes(self) -> PoolConfig:
+        if self.min_connections > self.max_connections:
+            raise ValueError(
+                f"min_connections ({self.min_connections}) > max_connections "
+                f"({self.max_connections})"
+            )
+        return self
+
+    def connection_defaults(self) -> ConnectionOptions:
+        """The per-connection options part of this config."""
+        return ConnectionOptions.model_validate(
+            {name: getattr(self, name) for name in _OVERRIDABLE}
+        )

@@ -1,0 +1,735 @@
+"""One WebSocket connection: ``Connection``, its state, close codes, ``connect()``.
+
+Two layers:
+
+* ``_Link`` owns the aiohttp WebSocket and everything that outlives a lease:
+  state, close code, the idle reader, timestamps. The pool keeps links.
+* ``Connection`` is the handle the application holds. ``connect()`` returns one
+  bound to its link for good; the pool makes a fresh handle per lease and
+  detaches it on release, so a stale reference fails loudly
+  (``ConnectionReleasedError``) instead of talking on someone else's lease.
+
+Reading while idle: aiohttp only answers server pings, and only notices a
+peer's close frame, when somebody calls ``receive()``. A link that goes idle
+therefore starts a single background ``receive()`` on the next loop
+iteration (not at once: a connection re-acquired straight away, the hot path,
+never pays for a task). A lessee's first ``receive()`` takes that pending read
+over instead of cancelling it, so no message is lost and aiohttp's reader is
+never entered twice. Heartbeat pongs are counted by aiohttp at the protocol
+level, so they need no reader.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import itertools
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+from aiohttp import WSMsgType
+
+from wsclient.config import (
+    ApiKeyAuth,
+    AuthSpec,
+    BearerAuth,
+    ConnectionOptions,
+    _validate_ws_url,
+    redact_headers,
+)
+from wsclient.errors import (
+    ConnectError,
+    ConnectionClosedError,
+    ConnectionReleasedError,
+    MessageTooBigError,
+)
+
+logger = logging.getLogger("wsclient.connection")
+
+
+class ConnectionState(enum.IntEnum):
+    """Where a connection is in its life; transitions only move forward."""
+
+    CONNECTING = 0
+    OPEN = 1
+    PEER_REQUESTED_CLOSE = 2
+    ENDING = 3
+    CLOSED = 4
+
+
+class CloseCode(enum.IntEnum):
+    """RFC 6455 close codes, each with ``.description``."""
+
+    NORMAL = 1000
+    GOING_AWAY = 1001
+    PROTOCOL_ERROR = 1002
+    UNSUPPORTED_DATA = 1003
+    RESERVED = 1004
+    NO_STATUS_RECEIVED = 1005
+    ABNORMAL_CLOSURE = 1006
+    INVALID_PAYLOAD = 1007
+    POLICY_VIOLATION = 1008
+    MESSAGE_TOO_BIG = 1009
+    MANDATORY_EXTENSION = 1010
+    INTERNAL_ERROR = 1011
+    SERVICE_RESTART = 1012
+    TRY_AGAIN_LATER = 1013
+    BAD_GATEWAY = 1014
+    TLS_HANDSHAKE_FAILED = 1015
+
+    @property
+    def description(self) -> str:
+        return _DESCRIPTIONS[self]
+
+
+_DESCRIPTIONS = {
+    CloseCode.NORMAL: "normal closure",
+    CloseCode.GOING_AWAY: "going away (server shutting down or client leaving)",
+    CloseCode.PROTOCOL_ERROR: "protocol error",
+    CloseCode.UNSUPPORTED_DATA: "unsupported data type",
+    CloseCode.RESERVED: "reserved",
+    CloseCode.NO_STATUS_RECEIVED: "no status code received",
+    CloseCode.ABNORMAL_CLOSURE: "abnormal closure (no close frame)",
+    CloseCode.INVALID_PAYLOAD: "invalid payload data (e.g. bad UTF-8)",
+    CloseCode.POLICY_VIOLATION: "policy violation",
+    CloseCode.MESSAGE_TOO_BIG: "message too big",
+    CloseCode.MANDATORY_EXTENSION: "mandatory extension missing",
+    CloseCode.INTERNAL_ERROR: "internal server error",
+    CloseCode.SERVICE_RESTART: "service restart",
+    CloseCode.TRY_AGAIN_LATER: "try again later",
+    CloseCode.BAD_GATEWAY: "bad gateway",
+    CloseCode.TLS_HANDSHAKE_FAILED: "TLS handshake failed",
+}
+
+
+def describe_close_code(code: int) -> str:
+    """A human description of any close code."""
+    try:
+        return CloseCode(code).description
+    except ValueError:
+        pass
+    if 3000 <= code <= 3999:
+        return "registered for libraries and frameworks"
+    if 4000 <= code <= 4999:
+        return "application-defined"
+    return "unknown"
+
+
+def check_close_code(code: int) -> None:
+    """Raise ``ValueError`` if a client may not send ``code`` (RFC 6455 §7.4)."""
+    if not isinstance(code, int) or isinstance(code, bool):
+        raise TypeError(f"close code must be an int, got {type(code).__name__}")
+    if code in (1004, 1005, 1006, 1015):
+        raise ValueError(
+            f"close code {code} ({describe_close_code(code)}) is reserved and may not be sent"
+        )
+    if code < 1000 or code >= 5000:
+        raise ValueError(f"close code {code} is outside 1000-4999 and may not be sent")
+    if 1016 <= code <= 2999:
+        raise ValueError(f"close code {code} is reserved by RFC 6455 and may not be sent")
+
+
+class MessageType(enum.Enum):
+    TEXT = "text"
+    BINARY = "binary"
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """A data message received from the peer."""
+
+    type: MessageType
+    data: str | bytes
+
+    def json(self, *, loads: Callable[[str | bytes], Any] = json.loads) -> Any:
+        """Decode the payload as JSON; ``ValueError`` saying so if it is not."""
+        try:
+            return loads(self.data)
+        except ValueError as exc:
+            raise ValueError(f"message is not valid JSON: {exc}") from exc
+
+
+_ids = itertools.count(1)
+# Strong references to fire-and-forget cleanup tasks (the loop keeps only weak ones).
+_background: set[asyncio.Task[Any]] = set()
+_DATA_TYPES = (WSMsgType.TEXT, WSMsgType.BINARY)
+
+
+class _Link:
+    """The open WebSocket behind one or more successive leases."""
+
+    __slots__ = (
+        "_idle",
+        "_idle_handle",
+        "backend_id",
+        "close_code",
+        "close_reason",
+        "created_at",
+        "expires_at",
+        "generation",
+        "id",
+        "last_used",
+        "max_message_size",
+        "on_closed",
+        "on_idle_message",
+        "owned_session",
+        "owner",
+        "pending",
+        "pong_waiters",
+        "state",
+        "url",
+        "ws",
+    )
+
+    def __init__(
+        self,
+        ws: aiohttp.ClientWebSocketResponse,
+        *,
+        url: str,
+        backend_id: str,
+        max_message_size: int,
+    ) -> None:
+        self.ws = ws
+        self.url = url
+        self.backend_id = backend_id
+        self.id = f"conn-{next(_ids)}"
+        self.max_message_size = max_message_size
+        self.state = ConnectionState.OPEN
+        self.close_code: int | None = None
+        self.close_reason = ""
+        self.pending: asyncio.Task[aiohttp.WSMessage] | None = None
+        self.created_at = self.last_used = time.monotonic()
+        self.expires_at: float | None = None
+        self.generation = 0
+        self.owned_session: aiohttp.ClientSession | None = None
+        self.owner: object | None = None
+        self.pong_waiters: dict[bytes, asyncio.Future[None]] = {}
+        self.on_closed: Callable[[_Link], None] | None = None
+        self.on_idle_message: Callable[[_Link, Message], None] | None = None
+        self._idle = False
+        self._idle_handle: asyncio.Handle | None = None
+
+    # -- state ---------------------------------------------------------------
+
+    def set_state(self, state: ConnectionState) -> None:
+        if state <= self.state:
+            return
+        logger.debug("%s %s -> %s", self.id, self.state.name, state.name)
+        self.state = state
+        if state is ConnectionState.CLOSED:
+            self._cancel_idle_handle()
+            callback, self.on_closed = self.on_closed, None
+            if callback is not None:
+                callback(self)
+
+    @property
+    def is_open(self) -> bool:
+        return self.state is ConnectionState.OPEN and not self.ws.closed
+
+    def mark_closed(self, code: int | None, reason: str) -> None:
+        """Record how the connection ended (first cause wins) and move to CLOSED."""
+        if self.close_code is None:
+            self.close_code = code
+            self.close_reason = reason
+        self.set_state(ConnectionState.CLOSED)
+
+    def closed_error(self) -> ConnectionClosedError:
+        return ConnectionClosedError(self.close_code, self.close_reason)
+
+    # -- idle reading --------------------------------------------------------
+
+    def mark_idle(self) -> None:
+        """The pool holds this link unleased: start reading on the next iteration."""
+        self._idle = True
+        self.last_used = time.monotonic()
+        if self._idle_handle is None:
+            self._idle_handle = asyncio.get_running_loop().call_soon(self._start_idle_read)
+
+    def mark_leased(self) -> None:
+        self._idle = False
+        self._cancel_idle_handle()
+
+    def _cancel_idle_handle(self) -> None:
+        if self._idle_handle is not None:
+            self._idle_handle.cancel()
+            self._idle_handle = None
+
+    def _start_idle_read(self) -> None:
+        self._idle_handle = None
+        if not self._idle or self.state is not ConnectionState.OPEN:
+            return
+        if self.pending is None:
+            self.pending = asyncio.get_running_loop().create_task(
+                self.ws.receive(), name=f"wsclient-idle-read-{self.id}"
+            )
+            self.pending.add_done_callback(self._idle_read_done)
+        elif self.pending.done():
+            self._idle_read_done(self.pending)
+
+    def _idle_read_done(self, task: asyncio.Task[aiohttp.WSMessage]) -> None:
+        if task is not self.pending or not self._idle:
+            return  # leased meanwhile: the lessee's receive() takes the result
+        self.pending = None
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is not None:
+            self.mark_closed(CloseCode.ABNORMAL_CLOSURE, f"read failed: {exc!r}")
+            return
+        msg = task.result()
+        if msg.type in _DATA_TYPES:
+            if self.on_idle_message is not None:
+                self.on_idle_message(self, _to_message(msg))
+        elif msg.type is WSMsgType.PING:
+            self._answer_ping(msg.data)
+        elif msg.type is WSMsgType.PONG:
+            self.got_pong(msg.data)
+        else:
+            self.absorb_close(msg)
+            return
+        self._start_idle_read()
+
+    # -- ping / pong -----------------------------------------------------------
+    # autoping is off so that pongs reach us: validate_on_checkout waits for one.
+
+    def _answer_ping(self, payload: bytes) -> None:
+        if self.state is ConnectionState.OPEN and not self.ws.closed:
+            task = asyncio.get_running_loop().create_task(self.ws.pong(payload))
+            task.add_done_callback(_ignore_result)
+
+    def got_pong(self, payload: bytes) -> None:
+        waiter = self.pong_waiters.pop(bytes(payload), None)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def roundtrip(self, timeout: float) -> bool:
+        """Ping and wait for the pong (the idle reader sees it). False if none came."""
+        if self.state is not ConnectionState.OPEN or self.ws.closed:
+            return False
+        payload = f"wsclient-{time.monotonic_ns()}".encode()
+        waiter = asyncio.get_running_loop().create_future()
+        self.pong_waiters[payload] = waiter
+        self._idle = True
+        self._cancel_idle_handle()
+        self._start_idle_read()
+        try:
+            await self.ws.ping(payload)
+            async with asyncio.timeout(timeout):
+                await waiter
+        except (TimeoutError, ConnectionError, aiohttp.ClientError):
+            return False
+        finally:
+            self.pong_waiters.pop(payload, None)
+        return self.state is ConnectionState.OPEN
+
+    async def take_pending(self, timeout: float | None) -> aiohttp.WSMessage:
+        """Wait for the read started while idle (or by a timed-out receive)."""
+        task = self.pending
+        assert task is not None
+        if not task.done():
+            done, _ = await asyncio.wait((task,), timeout=timeout)
+            if not done:
+                raise TimeoutError(f"no message within {timeout} s")
+        self.pending = None
+        return task.result()
+
+    # -- closing -------------------------------------------------------------
+
+    def absorb_close(self, msg: aiohttp.WSMessage) -> Exception:
+        """Turn a non-data message into the connection's end; return the error to raise."""
+        ws = self.ws
+        if msg.type is WSMsgType.CLOSE:
+            self.set_state(ConnectionState.PEER_REQUESTED_CLOSE)
+            self.mark_closed(int(msg.data), msg.extra or "")
+        elif msg.type is WSMsgType.ERROR:
+            exc = msg.data
+            if isinstance(exc, aiohttp.WebSocketError) and exc.code == CloseCode.MESSAGE_TOO_BIG:
+                self.mark_closed(CloseCode.MESSAGE_TOO_BIG, str(exc))
+                return MessageTooBigError(None, self.max_message_size)
+            if isinstance(exc, aiohttp.WebSocketError):
+                self.mark_closed(exc.code, str(exc))
+            elif isinstance(exc, aiohttp.ServerTimeoutError):
+                self.mark_closed(CloseCode.ABNORMAL_CLOSURE, f"heartbeat: {exc}")
+            else:
+                self.mark_closed(CloseCode.ABNORMAL_CLOSURE, f"{type(exc).__name__}: {exc}")
+        else:  # CLOSED / CLOSING: aiohttp already finished the connection
+            exc = ws.exception()
+            if isinstance(exc, aiohttp.ServerTimeoutError):
+                reason = f"heartbeat: {exc}"
+            elif exc is not None:
+                reason = f"{type(exc).__name__}: {exc}"
+            else:
+                reason = "connection lost"
+            code = ws.close_code if ws.close_code is not None else CloseCode.ABNORMAL_CLOSURE
+            self.mark_closed(code, reason)
+        return self.closed_error()
+
+    async def close(self, code: int = CloseCode.NORMAL, reason: str = "") -> None:
+        """Close with a handshake (bounded by close_timeout), then release resources."""
+        if self.state >= ConnectionState.ENDING:
+            await self._release_session()
+            return
+        self.set_state(ConnectionState.ENDING)
+        if self.close_code is None:
+            self.close_code, self.close_reason = code, reason
+        try:
+            await self.ws.close(code=code, message=reason.encode())
+        except Exception as exc:  # the peer vanished mid-close: nothing more to do
+            logger.debug("%s close handshake failed: %r", self.id, exc)
+        finally:
+            self._finish()
+            await self._release_session()
+
+    def drop(self) -> None:
+        """Close the TCP connection at once, without a close frame."""
+        if self.state is ConnectionState.CLOSED:
+            return
+        if self.close_code is None:
+            self.close_code, self.close_reason = CloseCode.ABNORMAL_CLOSURE, "dropped by client"
+        # aiohttp has no public abort for client WebSockets; closing the
+        # underlying response closes the socket without a close handshake.
+        response = getattr(self.ws, "_response", None)
+        if response is not None:
+            response.close()
+        self._finish()
+        if self.owned_session is not None:
+            session, self.owned_session = self.owned_session, None
+            task = asyncio.get_running_loop().create_task(session.close())
+            _background.add(task)
+            task.add_done_callback(_background.discard)
+
+    def _finish(self) -> None:
+        if self.pending is not None and not self.pending.done():
+            self.pending.cancel()
+        self.pending = None
+        self.set_state(ConnectionState.CLOSED)
+
+    async def _release_session(self) -> None:
+        if self.owned_session is not None:
+            session, self.owned_session = self.owned_session, None
+            await session.close()
+
+
+def _ignore_result(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled():
+        task.exception()  # a failed pong shows up as a closed connection later
+
+
+def _to_message(msg: aiohttp.WSMessage) -> Message:
+    if msg.type is WSMsgType.TEXT:
+        return Message(MessageType.TEXT, msg.data)
+    return Message(MessageType.BINARY, msg.data)
+
+
+class Connection:
+    """A WebSocket connection: send, receive, ping, close.
+
+    Returned by ``await connect(url)`` or ``await pool.acquire()``. A pooled
+    connection goes back with ``pool.release(conn)`` (or the ``async with``
+    block ending); after that, every method raises ``ConnectionReleasedError``.
+    """
+
+    __slots__ = ("_link", "_release_hint")
+
+    def __init__(self, link: _Link, *, release_hint: str = "") -> None:
+        self._link: _Link | None = link
+        self._release_hint = release_hint
+
+    def _checked(self) -> _Link:
+        link = self._link
+        if link is None:
+            raise ConnectionReleasedError(
+                "this connection was released to its pool and may not be used any more; "
+                "acquire a new one"
+            )
+        return link
+
+    def _detach(self) -> _Link | None:
+        link, self._link = self._link, None
+        return link
+
+    # -- identity & state ----------------------------------------------------
+
+    @property
+    def id(self) -> str:
+        return self._checked().id
+
+    @property
+    def backend_id(self) -> str:
+        return self._checked().backend_id
+
+    @property
+    def url(self) -> str:
+        return self._checked().url
+
+    @property
+    def state(self) -> ConnectionState:
+        link = self._checked()
+        if link.state is ConnectionState.OPEN and link.ws.closed:
+            return ConnectionState.CLOSED
+        return link.state
+
+    @property
+    def connected(self) -> bool:
+        return self._link is not None and self._link.is_open
+
+    @property
+    def protocol(self) -> str | None:
+        return self._checked().ws.protocol
+
+    @property
+    def remote_address(self) -> tuple[str, int] | None:
+        peer = self._checked().ws.get_extra_info("peername")
+        return (str(peer[0]), int(peer[1])) if peer else None
+
+    @property
+    def close_code(self) -> int | None:
+        return self._checked().close_code
+
+    @property
+    def close_reason(self) -> str:
+        return self._checked().close_reason
+
+    @property
+    def released(self) -> bool:
+        return self._link is None
+
+    def __repr__(self) -> str:
+        link = self._link
+        if link is None:
+            return "<Connection released>"
+        return f"<Connection {link.id} {link.state.name} backend={link.backend_id!r}>"
+
+    # -- sending -------------------------------------------------------------
+
+    def _writable(self) -> _Link:
+        link = self._checked()
+        if link.state is not ConnectionState.OPEN or link.ws.closed:
+            if link.state is not ConnectionState.CLOSED and link.ws.closed:
+                link.mark_closed(link.ws.close_code, "connection lost")
+            raise link.closed_error()
+        return link
+
+    async def send(self, data: str | bytes | bytearray | memoryview) -> None:
+        """Send ``str`` as a text frame, bytes-like as a binary frame."""
+        if isinstance(data, str):
+            await self.send_text(data)
+        elif isinstance(data, bytes | bytearray | memoryview):
+            await self.send_bytes(data)
+        else:
+            raise TypeError(f"send() takes str or bytes, not {type(data).__name__}")
+
+    async def send_text(self, data: str) -> None:
+        if not isinstance(data, str):
+            raise TypeError(f"send_text() takes str, not {type(data).__name__}")
+        link = self._writable()
+        limit = link.max_message_size
+        # A str's UTF-8 size is between len and 4*len: encode only when it matters.
+        if limit and len(data) * 4 > limit and len(encoded := data.encode()) > limit:
+            raise MessageTooBigError(len(encoded), limit)
+        await self._write(link, link.ws.send_str(data))
+
+    async def send_bytes(self, data: bytes | bytearray | memoryview) -> None:
+        if not isinstance(data, bytes | bytearray | memoryview):
+            raise TypeError(f"send_bytes() takes bytes, not {type(data).__name__}")
+        link = self._writable()
+        limit = link.max_message_size
+        if limit and len(data) > limit:
+            raise MessageTooBigError(len(data), limit)
+        await self._write(link, link.ws.send_bytes(bytes(data)))
+
+    async def send_json(self, data: Any, *, dumps: Callable[[Any], str] = json.dumps) -> None:
+        await self.send_text(dumps(data))
+
+    async def _write(self, link: _Link, op: Any) -> None:
+        try:
+            await op
+        except (ConnectionError, aiohttp.ClientConnectionError) as exc:
+            link.mark_closed(CloseCode.ABNORMAL_CLOSURE, f"write failed: {exc}")
+            raise link.closed_error() from exc
+
+    async def ping(self, data: bytes = b"") -> None:
+        """Send a ping frame (the pong is consumed by the connection)."""
+        link = self._writable()
+        if len(data) > 125:
+            raise ValueError(f"ping payload is {len(data)} bytes; at most 125 allowed")
+        await self._write(link, link.ws.ping(data))
+
+    # -- receiving -----------------------------------------------------------
+
+    async def receive(self, timeout: float | None = None) -> Message:
+        """The next data message. A timeout raises ``TimeoutError``; the connection stays usable."""
+        link = self._checked()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            if link.pending is not None:
+                msg = await link.take_pending(_remaining(deadline))
+            elif link.state is not ConnectionState.OPEN:
+                raise link.closed_error()
+            elif deadline is None:
+                msg = await link.ws.receive()
+            else:
+                # Read in a task so a timeout never interrupts aiohttp's reader;
+                # the next receive() picks the same read up.
+                link.pending = asyncio.get_running_loop().create_task(link.ws.receive())
+                msg = await link.take_pending(_remaining(deadline))
+            kind = msg.type
+            if kind is WSMsgType.TEXT:
+                return Message(MessageType.TEXT, msg.data)
+            if kind is WSMsgType.BINARY:
+                return Message(MessageType.BINARY, msg.data)
+            if kind is WSMsgType.PING:
+                await link.ws.pong(msg.data)
+            elif kind is WSMsgType.PONG:
+                link.got_pong(msg.data)
+            else:
+                raise link.absorb_close(msg)
+
+    async def receive_text(self, timeout: float | None = None) -> str:
+        message = await self.receive(timeout)
+        if message.type is not MessageType.TEXT:
+            raise TypeError("expected a text message, received a binary one")
+        assert isinstance(message.data, str)
+        return message.data
+
+    async def receive_bytes(self, timeout: float | None = None) -> bytes:
+        message = await self.receive(timeout)
+        if message.type is not MessageType.BINARY:
+            raise TypeError("expected a binary message, received a text one")
+        assert isinstance(message.data, bytes)
+        return message.data
+
+    async def receive_json(
+        self, timeout: float | None = None, *, loads: Callable[[str | bytes], Any] = json.loads
+    ) -> Any:
+        return (await self.receive(timeout)).json(loads=loads)
+
+    def __aiter__(self) -> AsyncIterator[Message]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[Message]:
+        while True:
+            try:
+                yield await self.receive()
+            except ConnectionClosedError as exc:
+                if exc.code in (CloseCode.NORMAL, CloseCode.GOING_AWAY):
+                    return
+                raise
+
+    # -- closing -------------------------------------------------------------
+
+    async def close(self, code: int = CloseCode.NORMAL, reason: str = "") -> None:
+        """Close with the handshake. Invalid codes raise ``ValueError`` before anything is sent."""
+        check_close_code(code)
+        if len(reason.encode()) > 123:
+            raise ValueError("close reason must be at most 123 bytes of UTF-8")
+        await self._checked().close(code, reason)
+
+    def drop(self) -> None:
+        """Close the TCP connection at once, without a close handshake."""
+        self._checked().drop()
+
+    async def __aenter__(self) -> Connection:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        if self._link is not None:
+            await self.close()
+
+
+def _remaining(deadline: float | None) -> float | None:
+    return None if deadline is None else max(0.0, deadline - time.monotonic())
+
+
+def _ssl_argument(value: Any) -> Any:
+    # aiohttp: True verifies with the default context; None would be the same.
+    return True if value is None else value
+
+
+async def auth_headers(auth: AuthSpec | None) -> dict[str, str]:
+    """Headers for ``auth``; an async provider is called on every (re)connect."""
+    if auth is None:
+        return {}
+    if isinstance(auth, BearerAuth | ApiKeyAuth):
+        return auth.headers()
+    provided = await auth()
+    return {str(k): str(v) for k, v in provided.items()}
+
+
+async def open_link(
+    session: aiohttp.ClientSession,
+    url: str,
+    options: ConnectionOptions,
+    *,
+    backend_id: str,
+) -> _Link:
+    """Open a WebSocket on ``session``; every failure becomes ``ConnectError``."""
+    headers = {**options.headers, **await auth_headers(options.auth)}
+    heartbeat = options.heartbeat.interval
+    try:
+        async with asyncio.timeout(options.connect_timeout):
+            ws = await session.ws_connect(
+                url,
+                protocols=options.protocols,
+                headers=headers,
+                heartbeat=heartbeat,
+                max_msg_size=options.max_message_size,
+                compress=15 if options.compression else 0,
+                ssl=_ssl_argument(options.ssl),
+                timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=options.close_timeout),
+                autoclose=True,
+                autoping=False,
+            )
+    except TimeoutError:
+        raise ConnectError(url, f"timed out after {options.connect_timeout} s") from None
+    except aiohttp.WSServerHandshakeError as exc:
+        raise ConnectError(
+            url, f"handshake rejected with HTTP {exc.status}", status=exc.status
+        ) from None
+    except aiohttp.ClientConnectorCertificateError as exc:
+        raise ConnectError(
+            url, f"TLS certificate verification failed: {exc.certificate_error}"
+        ) from None
+    except aiohttp.ClientConnectorError as exc:
+        raise ConnectError(url, exc.os_error.strerror or str(exc.os_error)) from None
+    except (aiohttp.ClientError, OSError) as exc:
+        raise ConnectError(url, f"{type(exc).__name__}: {exc}") from None
+    if heartbeat is not None and hasattr(ws, "_pong_heartbeat"):
+        # aiohttp waits heartbeat/2 for a pong and offers no option; our
+        # heartbeat.timeout is the documented contract, so set it.
+        ws._pong_heartbeat = options.heartbeat.timeout
+    return _Link(ws, url=url, backend_id=backend_id, max_message_size=options.max_message_size)
+
+
+def new_session() -> aiohttp.ClientSession:
+    """A session whose connector does not cap open WebSockets (aiohttp's default is 100)."""
+    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0, limit_per_host=0))
+
+
+async def connect(url: str, **options: Any) -> Connection:
+    """Open one unpooled WebSocket connection.
+
+    Keywords are the ``ConnectionOptions`` fields (``max_message_size``,
+    ``compression``, ``protocols``, ``headers``, ``auth``, ``connect_timeout``,
+    ``close_timeout``, ``ssl``, ``heartbeat``). Closing the connection closes
+    everything it opened.
+    """
+    config = ConnectionOptions.model_validate(options)
+    try:
+        _validate_ws_url(url)
+    except ValueError as exc:
+        raise ValueError(f"url: {exc}") from None
+    session = new_session()
+    try:
+        link = await open_link(session, url, config, backend_id=url)
+    except BaseException:
+        await session.close()
+        raise
+    link.owned_session = session
+    logger.debug("connected %s to %s (headers %s)", link.id, url, redact_headers(config.headers))
+    return Connection(link)
