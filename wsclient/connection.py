@@ -678,7 +678,8 @@ async def open_link(
                 protocols=options.protocols,
                 headers=headers,
                 heartbeat=heartbeat,
-                max_msg_size=options.max_message_size,
+                # aiohttp refuses a frame of exactly max_msg_size; ours is inclusive.
+                max_msg_size=options.max_message_size + 1 if options.max_message_size else 0,
                 compress=15 if options.compression else 0,
                 ssl=_ssl_argument(options.ssl),
                 timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=options.close_timeout),

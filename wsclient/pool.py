@@ -160,6 +160,7 @@ class WebSocketPool:
         self._all_returned: asyncio.Event | None = None
         self._maintenance: asyncio.Task[None] | None = None
         self._closed = asyncio.Event()
+        self._maintenance_due = 0.0
         self._refresh_scheduled = False
         self._breaker_timers: dict[str, asyncio.TimerHandle] = {}
         self._health = HealthChecker(self)
@@ -586,6 +587,9 @@ class WebSocketPool:
         link.mark_idle()
         backend.idle.append(link)
         self._idle_total += 1
+        timeout = self.config.idle_timeout
+        if timeout is not None and link.last_used + timeout < self._maintenance_due:
+            self._wake()  # rare: only when this deadline is the earliest one
         if self._waiters:
             self._dispatch()
 
@@ -781,9 +785,10 @@ class WebSocketPool:
             if any(b.recovered_at is not None for b in self._backends.values()):
                 self._refresh_eligibility()  # slow start: weights are still ramping
                 due.append(now + (self.config.slow_start or 1.0) / 10)
-            delay = max(0.005, min(due) - now) if due else 60.0
+            delay = min(60.0, max(0.005, min(due) - now))
+            self._maintenance_due = now + delay
             try:
-                async with asyncio.timeout(min(delay, 60.0)):
+                async with asyncio.timeout(delay):
                     await self._wakeup.wait()
             except TimeoutError:
                 pass
@@ -810,8 +815,10 @@ class WebSocketPool:
                     continue
                 if link.expires_at is not None:
                     next_due = min(next_due, link.expires_at)
-                if idle_timeout is not None and surplus > 0:
-                    next_due = min(next_due, link.last_used + idle_timeout)
+                if idle_timeout is not None:
+                    # Kept only because of min_connections: look again a full timeout later.
+                    deadline = link.last_used + idle_timeout
+                    next_due = min(next_due, deadline if deadline > now else now + idle_timeout)
         return next_due
 
     def _refill(self, now: float) -> list[asyncio.Task[None]]:

@@ -1,0 +1,67 @@
+"""Shared fixtures: real local backends and a pool factory with short timings."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import pytest
+
+from wsclient import Backend, WebSocketPool
+from wsclient.testing import BackendServer
+
+# Timings short enough for tests, long enough for a loaded 2-core machine.
+FAST: dict[str, Any] = {
+    "reconnect": {"initial_delay": 0.02, "max_delay": 0.1, "jitter": 0.2},
+    "health_check": {"enabled": False},
+    "connect_timeout": 2.0,
+    "acquire_timeout": 5.0,
+    "shutdown_timeout": 2.0,
+}
+
+
+@pytest.fixture
+async def servers() -> AsyncIterator[list[BackendServer]]:
+    """Three running in-process backends."""
+    started = [BackendServer(name=f"s{i}") for i in range(3)]
+    await asyncio.gather(*(s.start() for s in started))
+    yield started
+    await asyncio.gather(*(s.stop() for s in started))
+
+
+PoolFactory = Callable[..., Awaitable[WebSocketPool]]
+
+
+@pytest.fixture
+async def make_pool() -> AsyncIterator[PoolFactory]:
+    """Start pools with FAST defaults; every pool is closed (and checked) at teardown."""
+    pools: list[WebSocketPool] = []
+
+    async def factory(
+        servers: list[BackendServer], weights: list[int] | None = None, **options: Any
+    ) -> WebSocketPool:
+        weights = weights or [1] * len(servers)
+        backends = [
+            Backend(id=f"b{i}", url=s.url, weight=w)
+            for i, (s, w) in enumerate(zip(servers, weights, strict=True))
+        ]
+        pool = WebSocketPool(**{**FAST, "backends": backends, **options})
+        await pool.start()
+        pools.append(pool)
+        return pool
+
+    yield factory
+    for pool in pools:
+        await pool.close(timeout=1.0)
+        assert pool.size == 0
+
+
+async def until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
+    """Yield to the loop until ``predicate`` holds (bounded); for state with no event."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not predicate():
+        if loop.time() > deadline:
+            raise AssertionError(f"condition not reached within {timeout} s")
+        await asyncio.sleep(0.001)

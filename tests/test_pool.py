@@ -1,0 +1,443 @@
+"""WebSocketPool against real local backends: warm set, caps, waiters, balancing, misuse."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from functools import partial
+
+import pytest
+
+from wsclient import (
+    AcquireTimeoutError,
+    Connection,
+    ConnectionClosedError,
+    ConnectionReleasedError,
+    Message,
+    PoolClosedError,
+    PoolMisuseError,
+    WebSocketPool,
+    connect,
+)
+from wsclient.testing import BackendServer
+
+from .conftest import PoolFactory, until
+
+
+def _waiting_is(pool: WebSocketPool, n: int) -> bool:
+    return pool.waiting_count == n
+
+
+async def test_start_opens_min_connections_spread_by_weight(
+    servers: list[BackendServer], make_pool: PoolFactory
+) -> None:
+    """min_connections=8 over weights 2:1:1 opens 4/2/2, visible on the servers."""
+    pool = await make_pool(servers, [2, 1, 1], min_connections=8)
+    assert pool.size == 8 and pool.idle_count == 8
+    assert [s.open_connections for s in servers] == [4, 2, 2]
+    status = pool.health_status()
+    assert [status[f"b{i}"].idle for i in range(3)] == [4, 2, 2]
+
+
+async def test_weighted_distribution_over_12000_cycles(
+    servers: list[BackendServer], make_pool: PoolFactory
+) -> None:
+    """12,000 acquire/release cycles over weights 2:1:1 land 50/25/25 % within 3 %."""
+    pool = await make_pool(servers, [2, 1, 1], min_connections=4)
+    counts: Counter[str] = Counter()
+    for _ in range(12_000):
+        conn = await pool.acquire()
+        counts[conn.backend_id] += 1
+        pool.release(conn)
+    shares = [counts[f"b{i}"] / 12_000 for i in range(3)]
+    assert shares == pytest.approx([0.5, 0.25, 0.25], abs=0.03)
+    pool._check_invariants()
+
+
+async def test_round_robin_with_traffic_echoes(
+    servers: list[BackendServer], make_pool: PoolFactory
+) -> None:
+    """Round-robin spreads real request/response traffic evenly."""
+    pool = await make_pool(servers, load_balancing="round-robin", min_connections=3)
+    for i in range(30):
+        async with pool.acquire() as conn:
+            await conn.send(f"m{i}")
+            assert (await conn.receive(timeout=5)).data == f"m{i}"
+    assert [s.messages_received for s in servers] == [10, 10, 10]
+
+
+async def test_never_more_than_max_open_counting_server_sockets(
+    servers: list[BackendServer], make_pool: PoolFactory
+) -> None:
+    """50 workers on max_connections=5: never more than 5 sockets, pool- or server-side."""
+    pool = await make_pool(servers, min_connections=1, max_connections=5)
+    peak = 0
+
+    async def worker(n: int) -> None:
+        nonlocal peak
+        for i in range(20):
+            async with pool.acquire() as conn:
+                peak = max(peak, sum(s.open_connections for s in servers))
+                pool._check_invariants()
+                await conn.send(f"{n}-{i}")
+                assert (await conn.receive(timeout=5)).data == f"{n}-{i}"
+
+    await asyncio.gather(*(worker(n) for n in range(50)))
+    assert 1 <= peak <= 5
+    assert pool.size <= 5
+    assert sum(s.accepted_total for s in servers) <= 5 + 0  # no churn: nothing was replaced
+
+
+async def test_waiters_are_served_first_come_first_served(
+    servers: list[BackendServer], make_pool: PoolFactory
+) -> None:
+    """With max_connections=1, queued acquires get the connection in arrival order."""
+    pool = await make_pool(servers[:1], min_connections=1, max_connections=1)
+    held = await pool.acquire()
+    order: list[int] = []
+
+    async def take(n: int) -> None:
+        async with pool.acquire() as conn:
+            order.append(n)
+            await conn.send("x")
+            await conn.receive(timeout=5)
+
+    tasks = []
+    for n in range(5):
+        tasks.append(asyncio.create_task(take(n)))
+        await until(partial(_waiting_is, pool, n + 1))
+    pool.release(held)
+    await asyncio.gather(*tasks)
+    assert order == [0, 1, 2, 3, 4]
+
+
+async def test_acquire_timeout_is_honoured_within_ten_percent(
+    servers: list[BackendServer], make_pool: PoolFactory
+) -> None:
+    """A full pool raises AcquireTimeoutError after the timeout, not much later."""
+    pool = await make_pool(servers[:1], min_connections=1, max_connections=1)
+    held = await pool.acquire()
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    with pytest.raises(AcquireTimeoutError) as info:
+        await pool.acquire(timeout=0.3)
+    elapsed = loop.time() - started
+    assert 0.3 <= elapsed <= 0.33
+    assert isinstance(info.value, TimeoutError)
+    assert pool.waiting_count == 0
+    pool.release(held)
+
+
+async def test_cancelled_acquire_leaks_nothing(
+    servers: list[BackendServer], make_pool: PoolFactory
+) -> None:
+    """Cancelling a waiting acquire removes it; the pool serves the next one normally."""
+    pool = await make_pool(servers[:1], min_connections=1, max_connections=1)
+    held = await pool.acquire()
+    task = asyncio.ensure_future(pool.acquire())
+    await until(lambda: pool.waiting_count == 1)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert pool.waiting_count == 0
+    pool.release(held)
+    conn = await pool.acquire(timeout=1)
+    assert pool.size == 1 and pool.active_count == 1
+    pool.release(conn)
+    pool._check_invariants()
+
+
+async def test_acquire_cancelled_just_as_it_is_served_returns_the_connection(
+    servers: list[BackendServer], make_pool: PoolFactory
+) -> None:
+    """A waiter cancelled after the pool handed it a connection gives it back."""
+    pool = await make_pool(servers[:1], min_connections=1, max_connections=1)
+    held = await pool.acquire()
+    task = asyncio.ensure_future(pool.acquire())
+    await until(lambda: pool.waiting_count == 1)
+    pool.release(held)  # hands the link to the waiter synchronously...
+    task.cancel()  # ...which is cancelled before it ever runs again
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert pool.active_count == 0 and pool.idle_count == 1
+    pool._check_invariants()
+
+
+async def test_ip_hash_is_sticky_and_removal_moves_only_that_backends_keys(
+    servers: list[BackendServer], make_pool: PoolFactory
+) -> None:
+    """One key always lands on one backend; removing a backend moves only its keys."""
+    pool = await make_pool(servers, load_balancing="ip-hash", min_connections=3)
+    keys = [f"10.0.0.{i}" for i in range(120)]
+
+    async def mapping() -> dict[str, str]:
+        result = {}
+        for key in keys:
+            async with pool.acquire(key=key) as conn:
+                result[key] = conn.backend_id
+        return result
+
+    first = await mapping()
+    assert first == await mapping()
+    assert set(first.values()) == {"b0", "b1", "b2"}
+    await pool.remove_backend("b1")
+    after = await mapping()
+    for key in keys:
+        if first[key] != "b1":
+            assert after[key] == first[key]
+        else:
+            assert after[key] in {"b0", "b2"}
+    with pytest.raises(ValueError, match=r"acquire\(key=\.\.\.\)"):
+        await pool.acquire()
+
+
+async def test_least_connections_keeps_active_counts_level(
+    servers: list[BackendServer], make_pool: PoolFactory
+) -> None:
+    """Holding 30 connections under least-connections gives 10 per backend."""
+    pool = await make_pool(servers, load_balancing="least-connections", min_connections=0)
+    held = [await pool.acquire() for _ in range(30)]
+    assert Counter(c.backend_id for c in held) == {"b0": 10, "b1": 10, "b2": 10}
+    for conn in held:
+        pool.release(conn)
+
+
+async def test_idle_connections_above_min_are_evicted(
+    servers: list[BackendServer], make_pool: PoolFactory
+) -> None:
+    """Idle connections beyond min_connections close after idle_timeout."""
+    pool = await make_pool(servers[:1], min_connections=1, idle_timeout=0.2)
+    held = [await pool.acquire() for _ in range(4)]
+    for conn in held:
+        pool.release(conn)
+    assert pool.size == 4
+    await servers[0].wait_for_connections(1, timeout=3)
+    assert pool.size == 1 and pool.idle_count == 1
+
+
+async def test_connection_closed_by_server_is_never_handed_out_again(
+    servers: list[BackendServer], make_pool: PoolFactory
+) -> None:
+    """After the server closes every idle connection, acquires get fresh working ones."""
+    pool = await make_pool(servers[:1], min_connections=2)
+    held = [await pool.acquire(), await pool.acquire()]
+    old_ids = {c.id for c in held}
+    for c in held:
+        pool.release(c)
+    await servers[0].close_all(1000, "bye")
+    await servers[0].wait_for_accepted(4, timeout=3)  # both replaced (after backoff)
+    for _ in range(4):
+        async with pool.acquire() as conn:
+            assert conn.id not in old_ids
+            await conn.send("fresh")
+            assert (await conn.receive(timeout=5)).data == "fresh"
+
+
+async def test_released_closed_connection_is_discarded_and_refilled(
+    servers: list[BackendServer], make_pool: PoolFactory
+) -> None:
+    """Releasing a connection the server closed discards it and refills to min."""
+    pool = await make_pool(servers[:1], min_connections=1)
+    conn = await pool.acquire()
+    await servers[0].close_all(4000, "kick")
+    with pytest.raises(ConnectionClosedError):
+        await conn.receive(timeout=5)
+    pool.release(conn)
+    await servers[0].wait_for_accepted(2, timeout=3)
+    await until(lambda: pool.size == 1)
+    pool._check_invariants()
+
+
+async def test_validate_on_checkout_replaces_a_silent_connection(
+    servers: list[BackendServer], make_pool: PoolFactory
+) -> None:
+    """With validate_on_checkout, an idle connection that no longer pongs is replaced."""
+    pool = await make_pool(
+        servers[:1], min_connections=1, validate_on_checkout=True, heartbeat={"timeout": 0.2}
+    )
+    async with pool.acquire() as conn:
+        first = conn.id
+    servers[0].ignore_pings()
+    async with pool.acquire() as conn:
+        assert conn.id != first
+    servers[0].ignore_pings(False)
+    async with pool.acquire() as conn:
+        second = conn.id
+    async with pool.acquire() as conn:
+        assert conn.id == second  # a healthy connection passes validation and is reused
+
+
+async def test_max_lifetime_recycles_connections(
+    servers: list[BackendServer], make_pool: PoolFactory
+) -> None:
+    """A connection older than max_lifetime is replaced instead of reused."""
+    pool = await make_pool(servers[:1], min_connections=1, max_lifetime=0.2)
+    async with pool.acquire() as conn:
+        first = conn.id
+    await servers[0].wait_for_accepted(2, timeout=3)
+    async with pool.acquire() as conn:
+        assert conn.id != first
+
+
+async def test_idle_reader_notices_server_close_and_replaces(
+    servers: list[BackendServer], make_pool: PoolFactory
+) -> None:
+    """An idle connection closed by the server is replaced without anyone acquiring."""
+    pool = await make_pool(servers[:1], min_connections=1)
+    closed: list[tuple[str, int]] = []
+    pool.on("connection-closed", lambda bid, cid, code, reason: closed.append((bid, code)))
+    await servers[0].close_all(1001, "restarting")
+    await servers[0].wait_for_accepted(2, timeout=3)
+    assert closed == [("b0", 1001)]
+    assert pool.health_status()["b0"].breaker == "closed"  # 1001 is not the backend's fault
+
+
+async def test_idle_messages_are_discarded_and_reported(
+    servers: list[BackendServer], make_pool: PoolFactory
+) -> None:
+    """A message pushed to an idle connection fires idle-message; the next lessee never sees it."""
+    pool = await make_pool(servers[:1], min_connections=1)
+    seen: asyncio.Future[object] = asyncio.get_running_loop().create_future()
+
+    def on_idle(bid: str, cid: str, msg: Message) -> None:
+        if not seen.done():
+            seen.set_result(msg.data)
+
+    pool.on("idle-message", on_idle)
+    await servers[0].push("unsolicited")
+    assert await asyncio.wait_for(seen, 3) == "unsolicited"
+    async with pool.acquire() as conn:
+        await conn.send("mine")
+        assert (await conn.receive(timeout=5)).data == "mine"
+
+
+async def test_misuse_raises_clear_errors_and_keeps_pool_consistent(
+    servers: list[BackendServer], make_pool: PoolFactory
+) -> None:
+    """Double release, foreign release, use after release: clear errors, no corruption."""
+    pool = await make_pool(servers[:1], min_connections=1)
+    other = await make_pool(servers[:1], min_connections=1)
+    conn = await pool.acquire()
+    pool.release(conn)
+    with pytest.raises(PoolMisuseError, match="already released"):
+        pool.release(conn)
+    with pytest.raises(ConnectionReleasedError, match="released"):
+        await conn.send("x")
+    with pytest.raises(ConnectionReleasedError):
+        _ = conn.backend_id
+    foreign = await other.acquire()
+    with pytest.raises(PoolMisuseError, match="does not belong to this pool"):
+        pool.release(foreign)
+    other.release(foreign)
+    unpooled = await connect(servers[0].url)
+    with pytest.raises(PoolMisuseError, match="connect"):
+        pool.release(unpooled)
+    await unpooled.close()
+    with pytest.raises(TypeError):
+        pool.release("conn")  # type: ignore[arg-type]
+    assert pool.size == 1 and pool.active_count == 0
+    pool._check_invariants()
+
+
+async def test_acquire_before_start_and_after_close(servers: list[BackendServer]) -> None:
+    """acquire() on a pool not started is misuse; on a closed pool PoolClosedError."""
+    pool = WebSocketPool(backends=[servers[0].url], min_connections=0)
+    with pytest.raises(PoolMisuseError, match="not started"):
+        await pool.acquire()
+    async with pool:
+        pass
+    with pytest.raises(PoolClosedError):
+        await pool.acquire()
+    with pytest.raises(PoolClosedError):
+        await pool.start()
+
+
+async def test_close_waits_for_leased_connections(
+    servers: list[BackendServer], make_pool: PoolFactory
+) -> None:
+    """close() waits until leased connections come back, then closes everything."""
+    pool = await make_pool(servers[:1], min_connections=2)
+    conn = await pool.acquire()
+    closer = asyncio.create_task(pool.close(timeout=5))
+    await until(lambda: pool.idle_count == 0)
+    assert not closer.done()
+    with pytest.raises(PoolClosedError):
+        await pool.acquire()
+    await conn.send("still usable while closing")
+    assert (await conn.receive(timeout=5)).data == "still usable while closing"
+    pool.release(conn)
+    await asyncio.wait_for(closer, 5)
+    await servers[0].wait_for_connections(0)
+
+
+async def test_terminate_closes_leased_connections_at_once(
+    servers: list[BackendServer], make_pool: PoolFactory
+) -> None:
+    """terminate() closes leased connections too; later release is a harmless no-op."""
+    pool = await make_pool(servers[:1], min_connections=2)
+    conn = await pool.acquire()
+    await pool.terminate()
+    await servers[0].wait_for_connections(0)
+    with pytest.raises(ConnectionClosedError):
+        await conn.send("x")
+    pool.release(conn)
+    assert pool.closed and pool.size == 0
+
+
+async def test_close_leaves_no_tasks_behind(servers: list[BackendServer]) -> None:
+    """After close() no task the pool started is still running."""
+    before = asyncio.all_tasks()
+    async with WebSocketPool(
+        backends=[s.url for s in servers],
+        min_connections=3,
+        health_check={"interval": 0.05, "timeout": 1},
+    ) as pool:
+        async with pool.acquire() as conn:
+            await conn.send("x")
+            await conn.receive(timeout=5)
+        await until(lambda: all(h.last_check for h in pool.health_status().values()))
+    assert asyncio.all_tasks() - before == set()
+
+
+async def test_async_with_acquire_releases_on_error(
+    servers: list[BackendServer], make_pool: PoolFactory
+) -> None:
+    """An exception inside `async with pool.acquire()` still releases the connection."""
+    pool = await make_pool(servers[:1], min_connections=1)
+    with pytest.raises(RuntimeError, match="boom"):
+        async with pool.acquire() as conn:
+            assert isinstance(conn, Connection)
+            raise RuntimeError("boom")
+    assert pool.active_count == 0 and pool.idle_count == 1
+
+
+async def test_repr_shows_requests_and_connections(
+    servers: list[BackendServer], make_pool: PoolFactory
+) -> None:
+    """repr(pool) reports active/queued requests and open/idle connections."""
+    pool = await make_pool(servers[:1], min_connections=2)
+    conn = await pool.acquire()
+    text = repr(pool)
+    assert "Requests: 1 active, 0 queued" in text
+    assert "Connections: 2 open, 1 idle" in text
+    pool.release(conn)
+
+
+async def test_health_status_is_json_ready(
+    servers: list[BackendServer], make_pool: PoolFactory
+) -> None:
+    """health_status() has the SPEC fields and model_dump() is plain JSON."""
+    import json
+
+    pool = await make_pool(servers, [2, 1, 1], min_connections=4)
+    conn = await pool.acquire()
+    status = pool.health_status()
+    assert set(status) == {"b0", "b1", "b2"}
+    dumped = {k: v.model_dump() for k, v in status.items()}
+    json.dumps(dumped)
+    for entry in dumped.values():
+        for field in ("healthy", "latency", "last_check", "breaker", "active", "idle"):
+            assert field in entry
+        assert entry["breaker"] == "closed"
+    assert sum(v.active for v in status.values()) == 1
+    pool.release(conn)
