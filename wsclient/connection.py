@@ -26,6 +26,7 @@ import enum
 import itertools
 import json
 import logging
+import os
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -697,7 +698,10 @@ async def open_link(
             url, f"TLS certificate verification failed: {exc.certificate_error}"
         ) from None
     except aiohttp.ClientConnectorError as exc:
-        raise ConnectError(url, exc.os_error.strerror or str(exc.os_error)) from None
+        err = exc.os_error
+        # asyncio puts "Connect call failed (addr)" in strerror; the errno says why.
+        reason = os.strerror(err.errno) if err.errno else (err.strerror or str(err))
+        raise ConnectError(url, reason) from None
     except (aiohttp.ClientError, OSError) as exc:
         raise ConnectError(url, f"{type(exc).__name__}: {exc}") from None
     if heartbeat is not None and hasattr(ws, "_pong_heartbeat"):

@@ -1047,27 +1047,21 @@ class WebSocketPool:
         check_close_code(code)
         if self._state is not _State.RUNNING:
             self._raise_not_running()
-        self._generation += 1
-        generation = self._generation
+        old = set(self._links)
         batch = max(1, int(per_second))
         period = batch / per_second
         closed = 0
+        # Old connections stay usable until their turn; a leased one is closed
+        # once it is back and idle, so the pace holds under traffic too.
         while self._state is _State.RUNNING:
-            old = [
-                link
-                for b in self._backends.values()
-                for link in b.idle
-                if link.generation < generation
-            ][:batch]
+            old &= self._links
             if not old:
-                if not any(link.generation < generation for link in self._links):
-                    break
-                await asyncio.sleep(period)
-                continue
-            for link in old:
-                backend = self._backends[link.backend_id]
-                backend.idle.remove(link)
+                break
+            victims = [link for link in old if link in self._backends[link.backend_id].idle]
+            for link in victims[:batch]:
+                self._backends[link.backend_id].idle.remove(link)
                 self._retire(link, code=code, reason=reason, was_idle=True)
+                old.discard(link)
                 closed += 1
             await asyncio.sleep(period)
         return closed
