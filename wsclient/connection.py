@@ -643,6 +643,11 @@ class Connection:
             await self.close()
 
 
+def describe_os_error(err: OSError) -> str:
+    """'Connection refused' rather than asyncio's 'Connect call failed (addr)'."""
+    return os.strerror(err.errno) if err.errno else (err.strerror or str(err))
+
+
 def _remaining(deadline: float | None) -> float | None:
     return None if deadline is None else max(0.0, deadline - time.monotonic())
 
@@ -698,10 +703,7 @@ async def open_link(
             url, f"TLS certificate verification failed: {exc.certificate_error}"
         ) from None
     except aiohttp.ClientConnectorError as exc:
-        err = exc.os_error
-        # asyncio puts "Connect call failed (addr)" in strerror; the errno says why.
-        reason = os.strerror(err.errno) if err.errno else (err.strerror or str(err))
-        raise ConnectError(url, reason) from None
+        raise ConnectError(url, describe_os_error(exc.os_error)) from None
     except (aiohttp.ClientError, OSError) as exc:
         raise ConnectError(url, f"{type(exc).__name__}: {exc}") from None
     if heartbeat is not None and hasattr(ws, "_pong_heartbeat"):

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, NamedTuple
 import aiohttp
 from yarl import URL
 
-from wsclient.connection import _ssl_argument, auth_headers
+from wsclient.connection import _ssl_argument, auth_headers, describe_os_error
 
 if TYPE_CHECKING:
     from wsclient.backend import BackendState
@@ -173,5 +173,5 @@ def _describe(exc: BaseException) -> str:
     if isinstance(exc, aiohttp.WSServerHandshakeError):
         return f"WebSocket probe rejected with HTTP {exc.status}"
     if isinstance(exc, aiohttp.ClientConnectorError):
-        return f"connect failed: {exc.os_error.strerror or exc.os_error}"
+        return f"connect failed: {describe_os_error(exc.os_error)}"
     return f"{type(exc).__name__}: {exc}"

@@ -16,7 +16,9 @@ these fixtures without copying code (``pytest-asyncio`` must be installed):
     An async factory: ``proxy = await wsclient_fault_proxy(backend)`` returns a started
     :class:`~wsclient.testing.FaultProxy` in front of a backend (or of a ``(host, port)``).
 
-All fixtures are function-scoped and stop everything they started at teardown.
+All fixtures are function-scoped and stop everything they started at teardown.  The
+factories are also available as async context managers, :func:`backends_factory` and
+:func:`fault_proxy_factory`, for code that does not use pytest fixtures.
 
 Example::
 
@@ -30,6 +32,7 @@ Example::
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any, Literal, Protocol, cast, overload
 
@@ -39,6 +42,8 @@ if TYPE_CHECKING:
 __all__ = [
     "BackendsFactory",
     "FaultProxyFactory",
+    "backends_factory",
+    "fault_proxy_factory",
     "wsclient_backend",
     "wsclient_backends",
     "wsclient_fault_proxy",
@@ -81,6 +86,70 @@ async def _stop_all(stoppers: Iterable[Callable[[], Awaitable[None]]]) -> None:
             raise result
 
 
+@contextlib.asynccontextmanager
+async def backends_factory() -> AsyncIterator[BackendsFactory]:
+    """Async context manager behind ``wsclient_backends``, usable without pytest.
+
+    ``async with backends_factory() as make: servers = await make(3)`` - every backend
+    started through ``make`` is stopped when the block exits.
+    """
+    from wsclient.testing import BackendProcess, BackendServer
+
+    created: list[BackendServer | BackendProcess] = []
+
+    async def factory(
+        n: int = 1, *, process: bool = False, **kwargs: Any
+    ) -> list[BackendServer] | list[BackendProcess]:
+        if n < 1:
+            raise ValueError("n must be >= 1")
+        if process:
+            procs = [BackendProcess(**kwargs) for _ in range(n)]
+            created.extend(procs)
+            await asyncio.gather(*(p.start() for p in procs))
+            return procs
+        servers = [BackendServer(**kwargs) for _ in range(n)]
+        created.extend(servers)
+        for server in servers:
+            await server.start()
+        return servers
+
+    try:
+        yield cast("BackendsFactory", factory)
+    finally:
+        await _stop_all(b.stop for b in reversed(created))
+
+
+@contextlib.asynccontextmanager
+async def fault_proxy_factory() -> AsyncIterator[FaultProxyFactory]:
+    """Async context manager behind ``wsclient_fault_proxy``, usable without pytest.
+
+    ``async with fault_proxy_factory() as make: proxy = await make(backend)`` - every
+    proxy started through ``make`` is stopped when the block exits.
+    """
+    from wsclient.testing import FaultProxy
+
+    created: list[FaultProxy] = []
+
+    async def factory(
+        target: BackendServer | BackendProcess | tuple[str, int], **kwargs: Any
+    ) -> FaultProxy:
+        if isinstance(target, tuple):
+            host, port = target
+        else:
+            host, port = target.host, target.port
+            if port == 0:
+                raise RuntimeError(f"{target!r} must be started before proxying to it")
+        proxy = FaultProxy(host, port, **kwargs)
+        created.append(proxy)
+        await proxy.start()
+        return proxy
+
+    try:
+        yield factory
+    finally:
+        await _stop_all(p.stop for p in reversed(created))
+
+
 try:
     import pytest_asyncio
 except ImportError:  # pragma: no cover - the fixtures need pytest-asyncio
@@ -103,55 +172,13 @@ if _HAVE_PYTEST_ASYNCIO:
     async def wsclient_backends() -> AsyncIterator[BackendsFactory]:
         """Async factory ``await wsclient_backends(n, process=False, **kwargs)`` returning
         ``n`` started backends; every one of them is stopped after the test."""
-        from wsclient.testing import BackendProcess, BackendServer
-
-        created: list[BackendServer | BackendProcess] = []
-
-        async def factory(
-            n: int = 1, *, process: bool = False, **kwargs: Any
-        ) -> list[BackendServer] | list[BackendProcess]:
-            if n < 1:
-                raise ValueError("n must be >= 1")
-            if process:
-                procs = [BackendProcess(**kwargs) for _ in range(n)]
-                created.extend(procs)
-                await asyncio.gather(*(p.start() for p in procs))
-                return procs
-            servers = [BackendServer(**kwargs) for _ in range(n)]
-            created.extend(servers)
-            for server in servers:
-                await server.start()
-            return servers
-
-        try:
-            yield cast("BackendsFactory", factory)
-        finally:
-            await _stop_all(b.stop for b in reversed(created))
+        async with backends_factory() as factory:
+            yield factory
 
     @pytest_asyncio.fixture
     async def wsclient_fault_proxy() -> AsyncIterator[FaultProxyFactory]:
         """Async factory ``await wsclient_fault_proxy(backend_or_host_port, **kwargs)``
         returning a started :class:`~wsclient.testing.FaultProxy`; all are stopped after
         the test."""
-        from wsclient.testing import FaultProxy
-
-        created: list[FaultProxy] = []
-
-        async def factory(
-            target: BackendServer | BackendProcess | tuple[str, int], **kwargs: Any
-        ) -> FaultProxy:
-            if isinstance(target, tuple):
-                host, port = target
-            else:
-                host, port = target.host, target.port
-                if port == 0:
-                    raise RuntimeError(f"{target!r} must be started before proxying to it")
-            proxy = FaultProxy(host, port, **kwargs)
-            created.append(proxy)
-            await proxy.start()
-            return proxy
-
-        try:
+        async with fault_proxy_factory() as factory:
             yield factory
-        finally:
-            await _stop_all(p.stop for p in reversed(created))

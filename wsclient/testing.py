@@ -248,6 +248,15 @@ class _Waiters:
         return False
 
 
+def _reply_close_code(received: int) -> int:
+    """The code a server echoes in its close reply (1000 if the client's can't be sent)."""
+    if received in (1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011) or (
+        3000 <= received <= 4999
+    ):
+        return received
+    return 1000
+
+
 def _format_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
@@ -453,6 +462,8 @@ _STAT_FIELDS: Final = frozenset(f.name for f in dataclasses.fields(BackendStats)
 class _ServerConn:
     ws: web.WebSocketResponse
     request: web.BaseRequest
+    close_sent: bool = False
+    close_timer: asyncio.TimerHandle | None = None
 
 
 class BackendServer:
@@ -479,6 +490,7 @@ class BackendServer:
         frame before dropping the TCP connection.
     :param max_msg_size: largest message the server accepts from clients.
     :param on_message: custom responder instead of echo (see :data:`MessageHandler`).
+    :param compress: accept ``permessage-deflate`` when the client offers it.
     :param control: also serve ``GET /_stats``, ``GET /_wait`` and ``POST /_fault``, the
         remote-control API that :class:`BackendProcess` uses.
     """
@@ -490,13 +502,15 @@ class BackendServer:
         port: int = 0,
         path: str = "/ws",
         name: str | None = None,
-        close_timeout: float = 2.0,
+        close_timeout: float = 1.0,
         max_msg_size: int = DEFAULT_MAX_MSG_SIZE,
         on_message: MessageHandler | None = None,
+        compress: bool = True,
         control: bool = False,
     ) -> None:
         if not path.startswith("/"):
             raise ValueError("path must start with '/'")
+        self._compress = compress
         self._host = host
         self._port = port
         self._path = path
@@ -568,7 +582,9 @@ class BackendServer:
         self._listener = None
         listener.close()
         await self._accept_tasks.wait_all(1.0)
-        await self._close_conns(list(self._conns), 1001, "server shutdown")
+        conns = list(self._conns)
+        await self._close_conns(conns, 1001, "server shutdown")
+        await self._wait_gone(conns)
         self._stopping = True
         self._waiters.notify()
         await runner.cleanup()
@@ -801,13 +817,20 @@ class BackendServer:
             self._close_next = (code, reason, count) if count > 0 else None
         return code, reason
 
-    async def close_all(self, code: int = 1000, reason: str = "") -> int:
-        """Close every open WebSocket with ``code``/``reason``; return how many were open.
+    async def close_all(self, code: int = 1000, reason: str = "", *, wait: bool = False) -> int:
+        """Start a close handshake with ``code``/``reason`` on every open WebSocket.
 
-        Returns once the server has released those connections.
+        The server sends its close frame at once and closes the TCP connection when the
+        client answers, or after ``close_timeout``.  Any code is sent as given, even one
+        a server must not use.  With ``wait``, return only once the server has released
+        those connections.  Returns how many connections were open.
         """
+        if len(reason.encode()) > 123:
+            raise ValueError("a close reason is limited to 123 bytes of UTF-8")
         conns = list(self._conns)
         await self._close_conns(conns, code, reason)
+        if wait:
+            await self._wait_gone(conns)
         return len(conns)
 
     async def drop_all(self, *, rst: bool = True) -> int:
@@ -832,7 +855,7 @@ class BackendServer:
         sent = 0
         for conn in list(self._conns):
             transport = conn.request.transport
-            if transport is not None and not transport.is_closing():
+            if transport is not None and not transport.is_closing() and not conn.close_sent:
                 transport.write(data)
                 sent += 1
         return sent
@@ -842,7 +865,7 @@ class BackendServer:
         WebSocket; return how many connections it was sent to."""
         sent = 0
         for conn in list(self._conns):
-            if conn.ws.closed:
+            if conn.ws.closed or conn.close_sent:
                 continue
             try:
                 if isinstance(data, str):
@@ -876,16 +899,25 @@ class BackendServer:
             logger.debug("could not attach accepted connection: %s", exc)
 
     async def _close_conns(self, conns: list[_ServerConn], code: int, reason: str) -> None:
-        async def close_one(conn: _ServerConn) -> None:
+        payload = struct.pack("!H", code) + reason.encode()
+        loop = asyncio.get_running_loop()
+        for conn in conns:
+            if conn.close_sent or conn.ws.closed:
+                continue
+            conn.close_sent = True
+            conn.close_timer = loop.call_later(self._close_timeout, self._close_expired, conn)
             try:
-                async with asyncio.timeout(self._close_timeout + 1.0):
-                    await conn.ws.close(code=code, message=reason.encode())
-            except (TimeoutError, ConnectionError):
+                # Sent as a raw control frame so that the handler task, which owns the
+                # receive loop, sees the client's answer and completes the handshake.
+                await conn.ws.send_frame(payload, aiohttp.WSMsgType.CLOSE)
+            except ConnectionError:
                 _abort_transport(conn.request.transport, rst=False)
+        self._waiters.notify()  # a stalled connection must still read the answer
 
-        if conns:
-            await asyncio.gather(*(close_one(c) for c in conns), return_exceptions=True)
-            await self._wait_gone(conns)
+    def _close_expired(self, conn: _ServerConn) -> None:
+        conn.close_timer = None
+        if conn in self._conns:
+            _abort_transport(conn.request.transport, rst=False)
 
     async def _wait_gone(self, conns: list[_ServerConn]) -> None:
         with contextlib.suppress(TimeoutError):
@@ -893,8 +925,8 @@ class BackendServer:
                 lambda: self._conns.isdisjoint(conns), self._close_timeout + 1.0
             )
 
-    def _gate_open(self) -> bool:
-        return not self._stall_after or self._stopping
+    def _may_proceed(self, conn: _ServerConn) -> bool:
+        return not self._stall_after or self._stopping or conn.close_sent
 
     async def _handle_ws(self, request: web.Request) -> web.StreamResponse:
         self._pending += 1
@@ -910,7 +942,11 @@ class BackendServer:
             return web.Response(status=503, text="server shutting down")
 
         ws = web.WebSocketResponse(
-            autoping=False, timeout=self._close_timeout, max_msg_size=self._max_msg_size
+            autoping=False,
+            autoclose=False,
+            timeout=self._close_timeout,
+            max_msg_size=self._max_msg_size,
+            compress=self._compress,
         )
         await ws.prepare(request)
         conn = _ServerConn(ws, request)
@@ -921,34 +957,45 @@ class BackendServer:
         try:
             close_next = self._take_close_next()
             if close_next is not None:
+                conn.close_sent = True
                 await ws.close(code=close_next[0], message=close_next[1].encode())
             else:
-                await self._serve(ws)
+                await self._serve(conn)
         except ConnectionError:
             pass
         finally:
+            if conn.close_timer is not None:
+                conn.close_timer.cancel()
             self._conns.discard(conn)
             self._open -= 1
             self._waiters.notify()
         return ws
 
-    async def _serve(self, ws: web.WebSocketResponse) -> None:
+    async def _serve(self, conn: _ServerConn) -> None:
+        ws = conn.ws
         while True:
-            await self._waiters.wait_until(self._gate_open, None)
-            if self._stopping:
-                return
+            await self._waiters.wait_until(lambda: self._may_proceed(conn), None)
             msg = await ws.receive()
+            if msg.type is aiohttp.WSMsgType.CLOSE:
+                if conn.close_sent:
+                    # Our close frame is answered: the handshake is complete.
+                    transport = conn.request.transport
+                    if transport is not None:
+                        transport.close()
+                else:
+                    conn.close_sent = True
+                    await ws.close(code=_reply_close_code(msg.data), drain=False)
+                return
             if msg.type in (
-                aiohttp.WSMsgType.CLOSE,
                 aiohttp.WSMsgType.CLOSING,
                 aiohttp.WSMsgType.CLOSED,
                 aiohttp.WSMsgType.ERROR,
             ):
                 return
             # A message read just before a stall is held until the stall ends.
-            await self._waiters.wait_until(self._gate_open, None)
-            if self._stopping:
-                return
+            await self._waiters.wait_until(lambda: self._may_proceed(conn), None)
+            if conn.close_sent:
+                continue  # nothing but the peer's close frame matters any more
             if msg.type is aiohttp.WSMsgType.PING:
                 if not self._ignore_pings:
                     await ws.pong(msg.data)
@@ -957,12 +1004,10 @@ class BackendServer:
                 continue
             self._messages += 1
             self._waiters.notify()
-            if self._reply_delay > 0 and not await self._waiters.sleep(
-                self._reply_delay, lambda: self._stopping
-            ):
-                return
+            if self._reply_delay > 0:
+                await self._waiters.sleep(self._reply_delay, lambda: conn.close_sent)
             reply = await self._respond(msg.data)
-            if reply is None or ws.closed:
+            if reply is None or conn.close_sent or ws.closed:
                 continue
             if isinstance(reply, str):
                 await ws.send_str(reply)
