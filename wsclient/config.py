@@ -47,7 +47,14 @@ def _is_sensitive_header(name: str) -> bool:
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True, validate_default=True)
+    # hide_input_in_errors: a rejected URL or header may carry a secret; errors
+    # still name the field and the reason, just not the value.
+    model_config = ConfigDict(
+        extra="forbid",
+        arbitrary_types_allowed=True,
+        validate_default=True,
+        hide_input_in_errors=True,
+    )
 
 
 class BearerAuth(_Model):
