@@ -23,7 +23,12 @@ async def test_fails_over_from_a_silent_backend(
         connect_timeout=0.5,
     ) as pool:
         gone = asyncio.Event()
-        pool.on("connection-closed", lambda backend_id, *_: backend_id == "primary" and gone.set())
+
+        def on_closed(backend_id: str, *details: object) -> None:
+            if backend_id == "primary":
+                gone.set()
+
+        pool.on("connection-closed", on_closed)
         proxy.blackhole()
         await asyncio.wait_for(gone.wait(), 5)
         async with pool.acquire() as conn:
