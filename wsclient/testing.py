@@ -270,8 +270,9 @@ def _abort_transport(transport: asyncio.BaseTransport | None, *, rst: bool) -> N
         if sock is not None:
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RST)
-    if isinstance(transport, asyncio.WriteTransport):
-        transport.abort()
+    abort = getattr(transport, "abort", None)
+    if callable(abort):
+        abort()
     else:
         transport.close()
 
@@ -772,7 +773,8 @@ class BackendServer:
         self._waiters.notify()
 
     def stall_after_handshake(self, flag: bool = True) -> None:
-        """Freeze every WebSocket (open and new): no reads, no pongs, no echoes; TCP stays up."""
+        """Freeze every WebSocket (open and new): nothing received is processed (no pongs,
+        no echoes) and the TCP connection stays open."""
         self._stall_after = flag
         self._waiters.notify()
 
