@@ -441,3 +441,29 @@ async def test_health_status_is_json_ready(
         assert entry["breaker"] == "closed"
     assert sum(v.active for v in status.values()) == 1
     pool.release(conn)
+
+
+async def test_receive_blocked_during_terminate_sees_connection_closed(
+    servers: list[BackendServer], make_pool: PoolFactory
+) -> None:
+    """A lessee blocked in receive() when the pool terminates gets ConnectionClosedError."""
+    pool = await make_pool(servers[:1], min_connections=1)
+    conn = await pool.acquire()
+    pool.release(conn)
+    await asyncio.sleep(0)  # let the idle read start, so the next lessee takes it over
+    conn = await pool.acquire()
+    reader = asyncio.ensure_future(conn.receive())
+    await asyncio.sleep(0)
+    await pool.terminate()
+    with pytest.raises(ConnectionClosedError):
+        await asyncio.wait_for(reader, 5)
+    pool.release(conn)
+
+
+async def test_unclosed_pool_warns(servers: list[BackendServer]) -> None:
+    """A started pool that is never closed warns with ResourceWarning when collected."""
+    pool = WebSocketPool(backends=[servers[0].url], min_connections=0)
+    await pool.start()
+    with pytest.warns(ResourceWarning, match="unclosed"):
+        pool.__del__()
+    await pool.close()

@@ -337,6 +337,12 @@ class _Link:
             if not done:
                 raise TimeoutError(f"no message within {timeout} s")
         self.pending = None
+        if task.cancelled():  # the read was stopped by close()/drop(), not by the caller
+            raise self.closed_error()
+        exc = task.exception()
+        if exc is not None:
+            self.mark_closed(CloseCode.ABNORMAL_CLOSURE, f"read failed: {exc!r}")
+            raise self.closed_error() from exc
         return task.result()
 
     # -- closing -------------------------------------------------------------

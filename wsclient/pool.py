@@ -23,6 +23,7 @@ import enum
 import logging
 import random
 import time
+import warnings
 from collections import deque
 from collections.abc import Callable, Generator, Mapping
 from typing import Any
@@ -174,6 +175,10 @@ class WebSocketPool:
         }
         for backend in cfg.backends:
             self._backends[backend.id] = self._new_backend(backend)
+
+    def __del__(self, _warn: Callable[..., None] = warnings.warn) -> None:
+        if getattr(self, "_state", None) is _State.RUNNING:
+            _warn(f"unclosed {self!r}: use 'async with' or await close()", ResourceWarning, 2)
 
     def _new_backend(self, backend: Backend) -> BackendState:
         bid = backend.id
