@@ -196,11 +196,22 @@ async def test_refused_connections_open_the_breaker_after_threshold(
         load_balancing="round-robin",
     )
     log = EventLog(pool, "breaker-open")
-    for _ in range(12):
-        async with pool.acquire() as conn:
-            assert conn.backend_id == "b0"  # refused opens fail over within the same acquire
+    served: list[str] = []
+
+    async def traffic() -> None:
+        while True:
+            async with pool.acquire() as conn:
+                served.append(conn.backend_id)
+            await asyncio.sleep(0.005)  # pacing: lets the backoff delays pass between tries
+
+    driver = asyncio.create_task(traffic())
+    await log.wait_for("breaker-open", "b1")
+    driver.cancel()
+    await asyncio.gather(driver, return_exceptions=True)
+    assert served and set(served) == {"b0"}  # refused opens fail over within the acquire
     status = pool.health_status()["b1"]
     assert status.breaker == "open"
+    assert status.consecutive_failures == 3
     assert log.count("breaker-open", "b1") == 1
     assert status.last_error is not None and "refused" in status.last_error.lower()
 

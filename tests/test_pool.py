@@ -10,6 +10,7 @@ import pytest
 
 from wsclient import (
     AcquireTimeoutError,
+    Backend,
     Connection,
     ConnectionClosedError,
     ConnectionReleasedError,
@@ -21,7 +22,7 @@ from wsclient import (
 )
 from wsclient.testing import BackendServer
 
-from .conftest import PoolFactory, until
+from .conftest import FAST, PoolFactory, until
 
 
 def _waiting_is(pool: WebSocketPool, n: int) -> bool:
@@ -467,3 +468,263 @@ async def test_unclosed_pool_warns(servers: list[BackendServer]) -> None:
     with pytest.warns(ResourceWarning, match="unclosed"):
         pool.__del__()
     await pool.close()
+
+
+# --- regressions: each was a confirmed defect found in review -------------------------
+
+
+async def test_late_reply_after_a_timed_out_receive_never_reaches_the_next_lessee(
+    servers: list[BackendServer], make_pool: PoolFactory
+) -> None:
+    """A reply arriving after its lessee timed out and released is discarded, not re-delivered."""
+    pool = await make_pool(servers[:1], min_connections=1, max_connections=1)
+    stray: list[object] = []
+    pool.on("idle-message", lambda bid, cid, msg: stray.append(msg.data))
+    conn = await pool.acquire()
+    servers[0].set_reply_delay(0.2)
+    await conn.send("A's request")
+    with pytest.raises(TimeoutError):
+        await conn.receive(timeout=0.02)
+    pool.release(conn)
+    await until(lambda: stray == ["A's request"])  # arrived while idle: discarded
+    servers[0].set_reply_delay(0)
+    async with pool.acquire() as conn:
+        await conn.send("B's request")
+        assert (await conn.receive(timeout=5)).data == "B's request"
+
+
+async def test_borrowing_an_idle_link_at_capacity_counts_it_on_its_own_backend(
+    servers: list[BackendServer], make_pool: PoolFactory
+) -> None:
+    """At max_connections an acquire may borrow another backend's idle link; counts stay right."""
+    pool = await make_pool(
+        servers[:2], min_connections=2, max_connections=2, load_balancing="round-robin"
+    )
+    for _ in range(10):
+        held = [await pool.acquire(), await pool.acquire()]
+        pool.release(held[0])
+        extra = await pool.acquire()  # the pick may have no idle link: borrows one
+        pool.release(extra)
+        pool.release(held[1])
+        pool._check_invariants()
+        assert all(h.active == 0 for h in pool.health_status().values())
+
+
+async def test_auth_provider_failure_fails_over_instead_of_hanging(
+    servers: list[BackendServer],
+) -> None:
+    """An auth provider that raises becomes a ConnectError for that backend; others serve."""
+
+    async def provider() -> dict[str, str]:
+        raise RuntimeError("token service down")
+
+    async with WebSocketPool(
+        **{
+            **FAST,
+            "backends": [Backend(id="a", url=servers[0].url, auth=provider), servers[1].url],
+            "min_connections": 0,
+            "acquire_timeout": 2,
+            "load_balancing": "round-robin",
+        }
+    ) as pool:
+        for _ in range(4):
+            async with pool.acquire() as conn:
+                assert conn.backend_id != "a"
+        assert "auth provider raised RuntimeError" in (pool.health_status()["a"].last_error or "")
+
+
+async def test_removing_a_backend_while_an_acquire_opens_there(
+    servers: list[BackendServer], make_pool: PoolFactory
+) -> None:
+    """An acquire whose open lands on a just-removed backend is served elsewhere."""
+    pool = await make_pool(servers[:1], min_connections=0, connect_timeout=2)
+    pool.add_backend(Backend(id="slow", url=servers[1].url, weight=1000))
+    servers[1].stall_handshake()
+    acquiring = asyncio.ensure_future(pool.acquire(timeout=3))
+    await until(lambda: pool.connecting_count == 1)
+    await pool.remove_backend("slow", drain=False)
+    conn = await asyncio.wait_for(acquiring, 3)
+    assert conn.backend_id == "b0"
+    pool.release(conn)
+
+
+async def test_cancel_during_validation_leaks_nothing(
+    servers: list[BackendServer], make_pool: PoolFactory
+) -> None:
+    """An acquire cancelled mid-validation leaves no uncounted socket behind."""
+    pool = await make_pool(
+        servers[:1], min_connections=1, max_connections=1, validate_on_checkout=True
+    )
+    servers[0].ignore_pings()  # validation will wait for a pong that never comes
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(pool.acquire(), 0.05)
+    servers[0].ignore_pings(False)
+    async with pool.acquire(timeout=3) as conn:
+        await conn.send("ok")
+        assert (await conn.receive(timeout=5)).data == "ok"
+    await until(lambda: servers[0].open_connections == 1)
+    pool._check_invariants()
+
+
+async def test_close_while_validating_is_prompt_and_refuses_the_acquire(
+    servers: list[BackendServer], make_pool: PoolFactory
+) -> None:
+    """close() during a validation is prompt; the waiting acquire gets PoolClosedError."""
+    pool = await make_pool(servers[:1], min_connections=1, validate_on_checkout=True)
+    servers[0].ignore_pings()
+    acquiring = asyncio.ensure_future(pool.acquire())
+    await asyncio.sleep(0.01)  # let the validation ping go out
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    await pool.close(timeout=5)
+    assert loop.time() - started < 1.5
+    with pytest.raises(PoolClosedError):
+        await acquiring
+
+
+async def test_cancelled_close_still_closes_and_terminate_works_after(
+    servers: list[BackendServer], make_pool: PoolFactory
+) -> None:
+    """A close() cancelled while waiting for leases still closes everything."""
+    pool = await make_pool(servers[:1], min_connections=2)
+    conn = await pool.acquire()
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(pool.close(timeout=10), 0.1)
+    assert pool.closed
+    await asyncio.wait_for(pool.terminate(), 1)
+    await servers[0].wait_for_connections(0)
+    pool.release(conn)
+
+
+async def test_terminate_cuts_a_graceful_close_short(
+    servers: list[BackendServer], make_pool: PoolFactory
+) -> None:
+    """terminate() during a close() that waits for leases finishes both at once."""
+    pool = await make_pool(servers[:1], min_connections=1)
+    conn = await pool.acquire()
+    closing = asyncio.ensure_future(pool.close(timeout=30))
+    await until(lambda: pool.idle_count == 0)
+    await asyncio.wait_for(pool.terminate(), 2)
+    await asyncio.wait_for(closing, 2)
+    pool.release(conn)
+
+
+async def test_readding_a_draining_backend_id_keeps_both_accounts_straight(
+    servers: list[BackendServer], make_pool: PoolFactory
+) -> None:
+    """A backend id removed while leased and re-added at once never mixes counts."""
+    pool = await make_pool(servers[:1], min_connections=0)
+    old = await pool.acquire()
+    removal = asyncio.ensure_future(pool.remove_backend("b0", drain=True))
+    await until(lambda: pool.health_status() == {})
+    pool.add_backend(Backend(id="b0", url=servers[1].url))
+    async with pool.acquire() as fresh:
+        assert fresh.url == servers[1].url
+    pool.release(old)
+    await asyncio.wait_for(removal, 2)
+    assert pool.health_status()["b0"].active == 0
+    pool._check_invariants()
+
+
+async def test_connections_the_client_drops_or_closes_are_not_blamed(
+    servers: list[BackendServer], make_pool: PoolFactory
+) -> None:
+    """conn.drop() / conn.close(1011) by the application never open the backend's breaker."""
+    pool = await make_pool(servers[:1], min_connections=0, circuit_breaker={"failure_threshold": 2})
+    for i in range(5):
+        conn = await pool.acquire()
+        if i % 2:
+            conn.drop()
+        else:
+            await conn.close(1011, "app gave up")
+        pool.release(conn)
+    status = pool.health_status()["b0"]
+    assert status.breaker == "closed" and status.consecutive_failures == 0
+    async with pool.acquire() as conn:
+        await conn.send("fine")
+        assert (await conn.receive(timeout=5)).data == "fine"
+
+
+async def test_fifo_holds_while_the_first_waiter_waits_on_a_slow_open(
+    servers: list[BackendServer], make_pool: PoolFactory
+) -> None:
+    """A later acquire never overtakes an earlier one that waits on a slow handshake."""
+    pool = await make_pool(servers[:1], min_connections=1, connect_timeout=2)
+    pool.add_backend(Backend(id="slow", url=servers[1].url, weight=1000))
+    servers[1].stall_handshake()
+    order: list[str] = []
+
+    async def take(name: str) -> None:
+        conn = await pool.acquire(timeout=3)
+        order.append(name)
+        pool.release(conn)
+
+    first = asyncio.ensure_future(take("first"))
+    await until(lambda: pool.connecting_count == 1)
+    second = asyncio.ensure_future(take("second"))
+    await asyncio.gather(first, second)
+    assert order == ["first", "second"]
+
+
+async def test_one_pinned_waiter_evicts_one_idle_link(
+    servers: list[BackendServer], make_pool: PoolFactory
+) -> None:
+    """ip-hash at capacity closes exactly one idle link elsewhere to make room."""
+    pool = await make_pool(
+        servers[:2], min_connections=0, max_connections=3, load_balancing="ip-hash"
+    )
+    keys: dict[str, str] = {}
+    for i in range(200):
+        async with pool.acquire(key=f"k{i}") as conn:
+            keys.setdefault(conn.backend_id, f"k{i}")
+        if len(keys) == 2:
+            break
+    for conn in [await pool.acquire(key=keys["b0"]) for _ in range(3)]:
+        pool.release(conn)
+    closed: list[str] = []
+    pool.on("connection-closed", lambda bid, cid, code, reason: closed.append(bid))
+    held = await pool.acquire(key=keys["b0"])
+    async with pool.acquire(key=keys["b1"], timeout=3) as conn:
+        assert conn.backend_id == "b1"
+    assert closed == ["b0"]
+    pool.release(held)
+
+
+async def test_slow_start_does_not_block_the_event_loop(
+    servers: list[BackendServer], make_pool: PoolFactory
+) -> None:
+    """While a backend's weight ramps up, the loop keeps running (no busy maintenance)."""
+    pool = await make_pool(
+        servers[:2],
+        min_connections=0,
+        slow_start=0.6,
+        health_check={"interval": 0.05, "timeout": 1, "path": "/health", "unhealthy_threshold": 1},
+    )
+    servers[1].set_health_status(503)
+    await until(lambda: not pool.health_status()["b1"].healthy)
+    servers[1].set_health_status(200)
+    await until(lambda: pool.health_status()["b1"].healthy)
+    loop = asyncio.get_running_loop()
+    worst = 0.0
+    for _ in range(20):
+        started = loop.time()
+        await asyncio.sleep(0.01)
+        worst = max(worst, loop.time() - started)
+    assert worst < 0.2
+    assert pool.health_status()["b1"].effective_weight < 1.0
+
+
+async def test_a_lease_that_dies_unread_is_blamed_on_release(
+    servers: list[BackendServer], make_pool: PoolFactory
+) -> None:
+    """A held connection whose heartbeat fails while nobody reads counts as a failure."""
+    pool = await make_pool(
+        servers[:1], min_connections=0, heartbeat={"interval": 0.1, "timeout": 0.1}
+    )
+    conn = await pool.acquire()
+    servers[0].ignore_pings()
+    await until(lambda: conn._link is not None and conn._link.ws.closed)
+    pool.release(conn)
+    status = pool.health_status()["b0"]
+    assert status.consecutive_failures == 1
+    assert "heartbeat" in (status.last_error or "")

@@ -78,6 +78,7 @@ class BackendState:
         self.connecting = 0
         self.healthy = True
         self.removed = False
+        self.in_rotation = False  # cached "in the balancer's set"; kept by the pool
         self.drained: asyncio.Event | None = None
         self.probe_failures = 0
         self.probe_successes = 0

@@ -29,8 +29,7 @@ import logging
 import os
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import aiohttp
 from aiohttp import WSMsgType
@@ -140,9 +139,8 @@ class MessageType(enum.Enum):
     BINARY = "binary"
 
 
-@dataclass(frozen=True, slots=True)
-class Message:
-    """A data message received from the peer."""
+class Message(NamedTuple):
+    """A data message received from the peer (a NamedTuple: cheap to build per message)."""
 
     type: MessageType
     data: str | bytes
@@ -155,6 +153,9 @@ class Message:
             raise ValueError(f"message is not valid JSON: {exc}") from exc
 
 
+#: What aiohttp's receive() returns once it has closed a connection by itself.
+WS_CLOSED = aiohttp.WSMessage(WSMsgType.CLOSED, None, None)
+
 _ids = itertools.count(1)
 # Strong references to fire-and-forget cleanup tasks (the loop keeps only weak ones).
 _background: set[asyncio.Task[Any]] = set()
@@ -166,8 +167,8 @@ class _Link:
 
     __slots__ = (
         "_idle",
-        "_idle_handle",
         "backend_id",
+        "client_initiated",
         "close_code",
         "close_reason",
         "created_at",
@@ -182,6 +183,7 @@ class _Link:
         "owner",
         "pending",
         "pong_waiters",
+        "pool_backend",
         "state",
         "url",
         "ws",
@@ -213,7 +215,8 @@ class _Link:
         self.on_closed: Callable[[_Link], None] | None = None
         self.on_idle_message: Callable[[_Link, Message], None] | None = None
         self._idle = False
-        self._idle_handle: asyncio.Handle | None = None
+        self.client_initiated = False
+        self.pool_backend: Any = None
 
     # -- state ---------------------------------------------------------------
 
@@ -223,7 +226,9 @@ class _Link:
         logger.debug("%s %s -> %s", self.id, self.state.name, state.name)
         self.state = state
         if state is ConnectionState.CLOSED:
-            self._cancel_idle_handle()
+            for waiter in self.pong_waiters.values():  # no pong will come now
+                if not waiter.done():
+                    waiter.set_result(None)
             callback, self.on_closed = self.on_closed, None
             if callback is not None:
                 callback(self)
@@ -245,23 +250,19 @@ class _Link:
     # -- idle reading --------------------------------------------------------
 
     def mark_idle(self) -> None:
-        """The pool holds this link unleased: start reading on the next iteration."""
+        """The pool holds this link unleased; it calls start_idle_read() a little later."""
         self._idle = True
         self.last_used = time.monotonic()
-        if self._idle_handle is None:
-            self._idle_handle = asyncio.get_running_loop().call_soon(self._start_idle_read)
 
     def mark_leased(self) -> None:
         self._idle = False
-        self._cancel_idle_handle()
 
-    def _cancel_idle_handle(self) -> None:
-        if self._idle_handle is not None:
-            self._idle_handle.cancel()
-            self._idle_handle = None
+    @property
+    def idle(self) -> bool:
+        return self._idle
 
-    def _start_idle_read(self) -> None:
-        self._idle_handle = None
+    def start_idle_read(self) -> None:
+        """Read while idle, so closes, pings and stray messages are seen (no-op if leased)."""
         if not self._idle or self.state is not ConnectionState.OPEN:
             return
         if self.pending is None:
@@ -293,7 +294,7 @@ class _Link:
         else:
             self.absorb_close(msg)
             return
-        self._start_idle_read()
+        self.start_idle_read()
 
     # -- ping / pong -----------------------------------------------------------
     # autoping is off so that pongs reach us: validate_on_checkout waits for one.
@@ -316,8 +317,7 @@ class _Link:
         waiter = asyncio.get_running_loop().create_future()
         self.pong_waiters[payload] = waiter
         self._idle = True
-        self._cancel_idle_handle()
-        self._start_idle_read()
+        self.start_idle_read()
         try:
             await self.ws.ping(payload)
             async with asyncio.timeout(timeout):
@@ -381,6 +381,7 @@ class _Link:
         if self.state >= ConnectionState.ENDING:
             await self._release_session()
             return
+        self.client_initiated = True
         self.set_state(ConnectionState.ENDING)
         if self.close_code is None:
             self.close_code, self.close_reason = code, reason
@@ -396,8 +397,13 @@ class _Link:
         """Close the TCP connection at once, without a close frame."""
         if self.state is ConnectionState.CLOSED:
             return
+        self.client_initiated = True
         if self.close_code is None:
             self.close_code, self.close_reason = CloseCode.ABNORMAL_CLOSURE, "dropped by client"
+        # Closing the response alone leaves aiohttp's heartbeat timer armed.
+        cancel_heartbeat = getattr(self.ws, "_cancel_heartbeat", None)
+        if cancel_heartbeat is not None:
+            cancel_heartbeat()
         # aiohttp has no public abort for client WebSockets; closing the
         # underlying response closes the socket without a close handshake.
         response = getattr(self.ws, "_response", None)
@@ -524,48 +530,51 @@ class Connection:
 
     async def send(self, data: str | bytes | bytearray | memoryview) -> None:
         """Send ``str`` as a text frame, bytes-like as a binary frame."""
-        if isinstance(data, str):
-            await self.send_text(data)
-        elif isinstance(data, bytes | bytearray | memoryview):
-            await self.send_bytes(data)
-        else:
-            raise TypeError(f"send() takes str or bytes, not {type(data).__name__}")
+        # Kept flat (no send -> send_text -> write chain): it is on the hot path.
+        link = self._writable()
+        limit = link.max_message_size
+        try:
+            if isinstance(data, str):
+                # A str's UTF-8 size is between len and 4*len: encode only when it matters.
+                if limit and len(data) * 4 > limit and len(data.encode()) > limit:
+                    raise MessageTooBigError(len(data.encode()), limit)
+                await link.ws.send_str(data)
+            elif isinstance(data, bytes | bytearray | memoryview):
+                if limit and len(data) > limit:
+                    raise MessageTooBigError(len(data), limit)
+                await link.ws.send_bytes(bytes(data))  # no copy when data is already bytes
+            else:
+                raise TypeError(f"send() takes str or bytes, not {type(data).__name__}")
+        except (ConnectionError, aiohttp.ClientConnectionError) as exc:
+            raise self._write_failed(link, exc) from exc
 
     async def send_text(self, data: str) -> None:
         if not isinstance(data, str):
             raise TypeError(f"send_text() takes str, not {type(data).__name__}")
-        link = self._writable()
-        limit = link.max_message_size
-        # A str's UTF-8 size is between len and 4*len: encode only when it matters.
-        if limit and len(data) * 4 > limit and len(encoded := data.encode()) > limit:
-            raise MessageTooBigError(len(encoded), limit)
-        await self._write(link, link.ws.send_str(data))
+        await self.send(data)
 
     async def send_bytes(self, data: bytes | bytearray | memoryview) -> None:
         if not isinstance(data, bytes | bytearray | memoryview):
             raise TypeError(f"send_bytes() takes bytes, not {type(data).__name__}")
-        link = self._writable()
-        limit = link.max_message_size
-        if limit and len(data) > limit:
-            raise MessageTooBigError(len(data), limit)
-        await self._write(link, link.ws.send_bytes(bytes(data)))
+        await self.send(data)
 
     async def send_json(self, data: Any, *, dumps: Callable[[Any], str] = json.dumps) -> None:
-        await self.send_text(dumps(data))
+        await self.send(dumps(data))
 
-    async def _write(self, link: _Link, op: Any) -> None:
-        try:
-            await op
-        except (ConnectionError, aiohttp.ClientConnectionError) as exc:
-            link.mark_closed(CloseCode.ABNORMAL_CLOSURE, f"write failed: {exc}")
-            raise link.closed_error() from exc
+    @staticmethod
+    def _write_failed(link: _Link, exc: BaseException) -> ConnectionClosedError:
+        link.mark_closed(CloseCode.ABNORMAL_CLOSURE, f"write failed: {exc}")
+        return link.closed_error()
 
     async def ping(self, data: bytes = b"") -> None:
         """Send a ping frame (the pong is consumed by the connection)."""
         link = self._writable()
         if len(data) > 125:
             raise ValueError(f"ping payload is {len(data)} bytes; at most 125 allowed")
-        await self._write(link, link.ws.ping(data))
+        try:
+            await link.ws.ping(data)
+        except (ConnectionError, aiohttp.ClientConnectionError) as exc:
+            raise self._write_failed(link, exc) from exc
 
     # -- receiving -----------------------------------------------------------
 
@@ -579,12 +588,21 @@ class Connection:
             elif link.state is not ConnectionState.OPEN:
                 raise link.closed_error()
             elif deadline is None:
-                msg = await link.ws.receive()
+                try:
+                    msg = await link.ws.receive()
+                except asyncio.CancelledError:
+                    _undo_abnormal_mark(link.ws)
+                    raise
             else:
-                # Read in a task so a timeout never interrupts aiohttp's reader;
-                # the next receive() picks the same read up.
-                link.pending = asyncio.get_running_loop().create_task(link.ws.receive())
-                msg = await link.take_pending(_remaining(deadline))
+                try:
+                    async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
+                        msg = await link.ws.receive()
+                except TimeoutError:
+                    _undo_abnormal_mark(link.ws)
+                    raise TimeoutError(f"no message within {timeout} s") from None
+                except asyncio.CancelledError:
+                    _undo_abnormal_mark(link.ws)
+                    raise
             kind = msg.type
             if kind is WSMsgType.TEXT:
                 return Message(MessageType.TEXT, msg.data)
@@ -649,6 +667,14 @@ class Connection:
             await self.close()
 
 
+def _undo_abnormal_mark(ws: aiohttp.ClientWebSocketResponse) -> None:
+    # aiohttp records 1006 when a receive() is interrupted, although the
+    # connection is fine (no data is lost: it stays queued). Left in place, the
+    # mark makes a later close() skip waiting for the peer's close frame.
+    if not ws.closed and getattr(ws, "_close_code", None) == CloseCode.ABNORMAL_CLOSURE:
+        ws._close_code = None
+
+
 def describe_os_error(err: OSError) -> str:
     """'Connection refused' rather than asyncio's 'Connect call failed (addr)'."""
     return os.strerror(err.errno) if err.errno else (err.strerror or str(err))
@@ -681,7 +707,11 @@ async def open_link(
     backend_id: str,
 ) -> _Link:
     """Open a WebSocket on ``session``; every failure becomes ``ConnectError``."""
-    headers = {**options.headers, **await auth_headers(options.auth)}
+    try:
+        headers = {**options.headers, **await auth_headers(options.auth)}
+    except Exception as exc:
+        # The provider's own message may quote credentials: name the type only.
+        raise ConnectError(url, f"auth provider raised {type(exc).__name__}") from exc
     heartbeat = options.heartbeat.interval
     try:
         async with asyncio.timeout(options.connect_timeout):

@@ -34,6 +34,7 @@ from wsclient.balancers import create_balancer
 from wsclient.breaker import BreakerState
 from wsclient.config import Backend, PoolConfig
 from wsclient.connection import (
+    WS_CLOSED,
     CloseCode,
     Connection,
     ConnectionState,
@@ -70,7 +71,7 @@ class _NotAdmitted(Exception):
 class _Waiter:
     """One acquire waiting for a link; ``backend_id`` pins it (ip-hash, broadcast)."""
 
-    __slots__ = ("backend_id", "future", "key", "opening", "preferred", "tried")
+    __slots__ = ("backend_id", "evicting", "future", "key", "opening", "preferred", "tried")
 
     def __init__(
         self,
@@ -86,6 +87,7 @@ class _Waiter:
         # there rather than borrow an idle link elsewhere, so shares follow weights.
         self.preferred = preferred
         self.opening = False
+        self.evicting = False
         self.tried: set[str] = set()
 
     def accepts(self, backend_id: str) -> bool:
@@ -162,6 +164,10 @@ class WebSocketPool:
         self._maintenance: asyncio.Task[None] | None = None
         self._closed = asyncio.Event()
         self._maintenance_due = 0.0
+        self._terminating = False
+        self._validating: set[_Link] = set()
+        self._to_read: list[_Link] = []
+        self._read_scheduled = False
         self._refresh_scheduled = False
         self._breaker_timers: dict[str, asyncio.TimerHandle] = {}
         self._health = HealthChecker(self)
@@ -228,10 +234,13 @@ class WebSocketPool:
         await self._shutdown(wait_for_leases=0.0, code=None)
 
     async def _shutdown(self, *, wait_for_leases: float, code: int | None) -> None:
+        if code is None:
+            self._terminating = True  # also cuts short a graceful close() in progress
         if self._state in (_State.CLOSING, _State.CLOSED):
-            await self._closed.wait()  # another close() may still be finishing
+            if code is None and self._all_returned is not None:
+                self._all_returned.set()
+            await self._closed.wait()
             return
-        started = self._state is _State.RUNNING
         self._state = _State.CLOSING
         for waiter in self._waiters:
             if not waiter.future.done():
@@ -240,42 +249,59 @@ class WebSocketPool:
         for handle in self._breaker_timers.values():
             handle.cancel()
         self._breaker_timers.clear()
-        await self._health.stop()
-        if self._maintenance is not None:
-            self._maintenance.cancel()
-            await asyncio.wait((self._maintenance,))
-        for backend in self._backends.values():
-            while backend.idle:
-                self._retire(backend.idle.pop(), code=code, reason="pool closing", was_idle=True)
-        if self._leased and wait_for_leases > 0 and self._all_returned is not None:
-            self._all_returned.clear()
-            try:
-                async with asyncio.timeout(wait_for_leases):
-                    await self._all_returned.wait()
-            except TimeoutError:
-                logger.warning(
-                    "close(): %d connection(s) still leased after %s s; closing them",
-                    len(self._leased),
-                    wait_for_leases,
-                )
-        for link in list(self._leased):
-            self._orphans.add(link)
-            self._leased.discard(link)
-            self._retire(link, code=code, reason="pool closing")
-        # Opens still in flight are cancelled; their tasks clean up after themselves.
-        for task in list(self._tasks):
-            if task.get_name().startswith("wsclient-open"):
-                task.cancel()
-        while self._tasks:
-            await asyncio.wait(set(self._tasks))
-        await self._events.aclose()
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
-        self._state = _State.CLOSED
-        self._closed.set()
-        if started:
-            logger.debug("pool closed")
+        try:
+            await self._health.stop()
+            if self._maintenance is not None:
+                self._maintenance.cancel()
+                await asyncio.wait((self._maintenance,))
+            for backend in self._backends.values():
+                while backend.idle:
+                    self._retire(
+                        backend.idle.pop(), code=code, reason="pool closing", was_idle=True
+                    )
+            for link in list(self._validating):
+                self._retire(link, code=None, reason="pool closing")  # ends its pong wait
+            if self._leased and wait_for_leases > 0 and self._all_returned is not None:
+                self._all_returned.clear()
+                if self._terminating:
+                    self._all_returned.set()
+                try:
+                    async with asyncio.timeout(wait_for_leases):
+                        await self._all_returned.wait()
+                except TimeoutError:
+                    logger.warning(
+                        "close(): %d connection(s) still leased after %s s; closing them",
+                        len(self._leased),
+                        wait_for_leases,
+                    )
+        finally:
+            # Reached on cancellation too: a cancelled close() still closes everything.
+            await self._hard_close(code)
+
+    async def _hard_close(self, code: int | None) -> None:
+        try:
+            for link in list(self._leased):
+                self._orphans.add(link)
+                self._leased.discard(link)
+                self._retire(link, code=code, reason="pool closing")
+            for backend in self._backends.values():
+                while backend.idle:
+                    self._retire(
+                        backend.idle.pop(), code=code, reason="pool closing", was_idle=True
+                    )
+            # Opens still in flight are cancelled; their tasks clean up after themselves.
+            for task in list(self._tasks):
+                if task.get_name().startswith("wsclient-open"):
+                    task.cancel()
+            while self._tasks:
+                await asyncio.wait(set(self._tasks))
+            await self._events.aclose()
+        finally:
+            if self._session is not None:
+                session, self._session = self._session, None
+                await session.close()
+            self._state = _State.CLOSED
+            self._closed.set()
 
     @property
     def closed(self) -> bool:
@@ -348,12 +374,14 @@ class WebSocketPool:
             while link is not None and self.config.validate_on_checkout:
                 if await self._validate(link):
                     break
+                if self._state is not _State.RUNNING:
+                    self._raise_not_running()
                 link = self._take_idle(backend) or (None if key else self._take_any_idle())
             if link is not None:
                 if self._state is not _State.RUNNING:
                     self._retire(link, code=CloseCode.GOING_AWAY, reason="pool closing")
                     self._raise_not_running()
-                self._lease(link, backend)
+                self._lease(link)
                 return Connection(link)
             waiter = _Waiter(
                 asyncio.get_running_loop().create_future(),
@@ -368,6 +396,8 @@ class WebSocketPool:
         return await self._wait(waiter, timeout)
 
     async def _wait(self, waiter: _Waiter, timeout: float | None) -> Connection:
+        if self._state is not _State.RUNNING:
+            self._raise_not_running()
         self._waiters.append(waiter)
         self._serve(waiter)
         limit = self.config.acquire_timeout if timeout is None else timeout
@@ -389,12 +419,7 @@ class WebSocketPool:
             future.cancel()
         elif not future.cancelled() and future.exception() is None:
             # A link was leased to us in the same instant we were cancelled.
-            link = future.result()
-            self._leased.discard(link)
-            backend = self._backends.get(link.backend_id)
-            if backend is not None:
-                backend.active -= 1
-            self._put_back(link, backend)
+            self._return_lease(future.result())
         with contextlib.suppress(ValueError):
             self._waiters.remove(waiter)
 
@@ -423,9 +448,13 @@ class WebSocketPool:
         while idle:
             link = idle.pop()  # LIFO: surplus connections age out at the other end
             self._idle_total -= 1
-            if link.state is ConnectionState.OPEN and link.generation == self._generation:
+            if (
+                link.state is ConnectionState.OPEN
+                and link.generation == self._generation
+                and (link.expires_at is None or time.monotonic() < link.expires_at)
+            ):
                 return link
-            self._retire(link, code=None, reason="stale", was_idle=False)
+            self._retire(link, code=CloseCode.NORMAL, reason="recycled", was_idle=False)
         return None
 
     def _take_any_idle(self) -> _Link | None:
@@ -436,28 +465,37 @@ class WebSocketPool:
                     return link
         return None
 
-    def _lease(self, link: _Link, backend: BackendState) -> None:
+    def _lease(self, link: _Link) -> None:
         link.mark_leased()
         self._leased.add(link)
-        backend.active += 1
+        link.pool_backend.active += 1
         self.stats["acquired"] += 1
 
     async def _validate(self, link: _Link) -> bool:
         """validate_on_checkout: a ping round trip before handing an idle link out."""
-        backend = self._backends[link.backend_id]
+        backend: BackendState = link.pool_backend
         self._leased.add(link)  # reserved while validating, so counts stay whole
+        self._validating.add(link)
+        ok = False
         try:
             ok = await link.roundtrip(timeout=backend.options.heartbeat.timeout)
         finally:
+            self._validating.discard(link)
             self._leased.discard(link)
-        if not ok:
-            self._retire(link, code=None, reason="failed validation", was_idle=False)
+            if not ok or self._state is not _State.RUNNING:
+                # Failed, cancelled mid-ping, or the pool began closing: never reuse it.
+                self._retire(link, code=CloseCode.NORMAL, reason="not validated")
+            if not self._leased and self._all_returned is not None:
+                self._all_returned.set()
         return ok
 
     # ------------------------------------------------------------------ waiters
 
     def _serve(self, waiter: _Waiter) -> None:
         """A new waiter: an idle link for it, or an open started on its behalf."""
+        if len(self._waiters) > 1:
+            self._dispatch()  # older waiters first: FIFO holds across the queue
+            return
         if waiter.preferred is not None and self._has_capacity():
             self._open_for(waiter)
             return
@@ -467,8 +505,8 @@ class WebSocketPool:
             return
         if self._has_capacity():
             self._open_for(waiter)
-        elif waiter.backend_id is not None:
-            self._evict_one_idle(excluding=waiter.backend_id)
+        elif waiter.backend_id is not None and not waiter.evicting:
+            waiter.evicting = self._evict_one_idle(excluding=waiter.backend_id)
 
     def _idle_for(self, waiter: _Waiter) -> _Link | None:
         if waiter.backend_id is not None:
@@ -479,7 +517,7 @@ class WebSocketPool:
     def _hand(self, waiter: _Waiter, link: _Link) -> None:
         with contextlib.suppress(ValueError):
             self._waiters.remove(waiter)
-        self._lease(link, self._backends[link.backend_id])
+        self._lease(link)
         waiter.future.set_result(link)
 
     def _open_for(self, waiter: _Waiter) -> None:
@@ -489,6 +527,7 @@ class WebSocketPool:
             self._fail(waiter, exc)
             return
         waiter.opening = True
+        waiter.evicting = False
         self._start_open(backend, waiter)
 
     def _backend_for_open(self, waiter: _Waiter) -> BackendState:
@@ -497,15 +536,18 @@ class WebSocketPool:
             if backend is None or not (backend.eligible or self._panic) or backend.removed:
                 raise self._no_backend_error()
             return backend
+        now = time.monotonic()
         preferred, waiter.preferred = waiter.preferred, None
-        if preferred is not None and preferred in self._eligible:
+        if preferred is not None and preferred.in_rotation and preferred.may_open(now):
             return preferred
         candidates = [b for b in self._eligible if b.id not in waiter.tried]
         if not candidates:
             raise self._no_backend_error()
-        if len(candidates) == len(self._eligible):
+        # A backend backing off after a failure is dialled only if nothing else can be.
+        ready = [b for b in candidates if b.may_open(now)] or candidates
+        if len(ready) == len(self._eligible):
             return self._pick(waiter.key)
-        return max(candidates, key=lambda b: b.weight / (1 + b.active + b.connecting))
+        return max(ready, key=lambda b: b.weight / (1 + b.active + b.connecting))
 
     def _fail(self, waiter: _Waiter, exc: BaseException) -> None:
         with contextlib.suppress(ValueError):
@@ -527,17 +569,18 @@ class WebSocketPool:
             elif not waiter.opening:
                 if self._has_capacity():
                     self._open_for(waiter)
-                elif waiter.backend_id is not None:
-                    self._evict_one_idle(excluding=waiter.backend_id)
+                elif waiter.backend_id is not None and not waiter.evicting:
+                    waiter.evicting = self._evict_one_idle(excluding=waiter.backend_id)
 
-    def _evict_one_idle(self, *, excluding: str) -> None:
+    def _evict_one_idle(self, *, excluding: str) -> bool:
         """Make room for a pinned waiter by closing an idle link elsewhere."""
         for backend in self._backends.values():
             if backend.id != excluding and backend.idle:
                 link = backend.idle.popleft()
                 self._idle_total -= 1
                 self._retire(link, code=CloseCode.NORMAL, reason="rebalancing", was_idle=False)
-                return
+                return True
+        return False
 
     # ------------------------------------------------------------------ release
 
@@ -560,24 +603,33 @@ class WebSocketPool:
                 )
             raise PoolMisuseError("this connection is not leased from this pool")
         conn._detach()
+        self._return_lease(link)
+
+    def _return_lease(self, link: _Link) -> None:
         self._leased.discard(link)
-        backend = self._backends.get(link.backend_id)
-        if backend is not None:
-            backend.active -= 1
+        backend: BackendState = link.pool_backend
+        backend.active -= 1
         self._put_back(link, backend)
-        if backend is not None and backend.removed:
+        if backend.removed:
             self._forget_if_drained(backend)
         if not self._leased and self._all_returned is not None:
             self._all_returned.set()
 
+    def _start_idle_reads(self) -> None:
+        self._read_scheduled = False
+        links, self._to_read = self._to_read, []
+        for link in links:
+            link.start_idle_read()
+
     def _put_back(self, link: _Link, backend: BackendState | None) -> None:
+        if link.state is ConnectionState.OPEN and link.ws.closed:
+            link.absorb_close(WS_CLOSED)  # aiohttp closed it (heartbeat) while nobody read
         if (
             self._state is not _State.RUNNING
             or backend is None
             or link.state is not ConnectionState.OPEN
             or link.ws.closed
-            or backend.removed
-            or not (backend.eligible or self._panic)
+            or not backend.in_rotation
             or link.generation != self._generation
             or (link.expires_at is not None and time.monotonic() >= link.expires_at)
         ):
@@ -585,13 +637,19 @@ class WebSocketPool:
             return
         for waiter in self._waiters:
             if not waiter.future.done() and waiter.accepts(backend.id):
-                self._lease(link, backend)
+                self._lease(link)
                 self._waiters.remove(waiter)
                 waiter.future.set_result(link)
                 return
         link.mark_idle()
         backend.idle.append(link)
         self._idle_total += 1
+        self._to_read.append(link)
+        if not self._read_scheduled:
+            # One callback per loop iteration for all links released in it; a link
+            # re-acquired before then never starts a background read at all.
+            self._read_scheduled = True
+            asyncio.get_running_loop().call_soon(self._start_idle_reads)
         timeout = self.config.idle_timeout
         if timeout is not None and link.last_used + timeout < self._maintenance_due:
             self._wake()  # rare: only when this deadline is the earliest one
@@ -621,6 +679,12 @@ class WebSocketPool:
             backend.connecting -= 1
             self._open_failed(backend, waiter, exc)
             return
+        except Exception as exc:  # a bug in an auth provider, say: fail this open, not the pool
+            self._connecting -= 1
+            backend.connecting -= 1
+            logger.exception("opening a connection to %s failed unexpectedly", backend.id)
+            self._open_failed(backend, waiter, ConnectError(backend.url, f"{type(exc).__name__}"))
+            return
         except BaseException:
             self._connecting -= 1
             backend.connecting -= 1
@@ -628,12 +692,13 @@ class WebSocketPool:
         self._connecting -= 1
         backend.connecting -= 1
         self._adopt(link, backend)
+        if waiter is not None:
+            waiter.opening = False
         if backend.removed:
             self._retire(link, code=CloseCode.GOING_AWAY, reason="backend removed")
             self._forget_if_drained(backend)
+            self._dispatch()
             return
-        if waiter is not None:
-            waiter.opening = False
         if self._state is not _State.RUNNING:
             self._retire(link, code=CloseCode.GOING_AWAY, reason="pool closing", was_idle=False)
             return
@@ -659,6 +724,7 @@ class WebSocketPool:
 
     def _adopt(self, link: _Link, backend: BackendState) -> None:
         link.owner = self
+        link.pool_backend = backend
         link.generation = self._generation
         link.on_closed = self._on_link_closed
         link.on_idle_message = self._on_idle_message
@@ -701,9 +767,7 @@ class WebSocketPool:
         if link not in self._links:
             return
         self._links.discard(link)
-        backend = self._backends.get(link.backend_id)
-        if backend is not None:
-            backend.links.discard(link)
+        link.pool_backend.links.discard(link)
         link.on_closed = None
         if link.state is ConnectionState.CLOSED:
             self._closed_event(link)
@@ -737,8 +801,8 @@ class WebSocketPool:
 
     def _on_link_closed(self, link: _Link) -> None:
         """A link ended on its own: peer close, error, missed heartbeat."""
-        backend = self._backends.get(link.backend_id)
-        if backend is not None and link.owner is self and self._state is _State.RUNNING:
+        backend: BackendState = link.pool_backend
+        if not link.client_initiated and self._state is _State.RUNNING and not backend.removed:
             blamed = backend.record_close(link.close_code, link.close_reason)
             logger.info(
                 "connection %s to %s closed: %s %s%s",
@@ -750,20 +814,17 @@ class WebSocketPool:
             )
         if link in self._leased:
             return  # the lessee finds out on its next call; release() retires it
-        if backend is not None:
-            try:
-                backend.idle.remove(link)
-                self._idle_total -= 1
-            except ValueError:
-                pass
+        with contextlib.suppress(ValueError):
+            backend.idle.remove(link)
+            self._idle_total -= 1
         self._retire(link, code=None, reason=link.close_reason)
 
     def _on_idle_message(self, link: _Link, message: Message) -> None:
         self.stats["idle_messages"] += 1
         self._events.emit(ev.IDLE_MESSAGE, link.backend_id, link.id, message)
         if self.config.on_idle_message == "close":
-            backend = self._backends.get(link.backend_id)
-            if backend is not None and link in backend.idle:
+            backend: BackendState = link.pool_backend
+            if link in backend.idle:
                 backend.idle.remove(link)
                 self._retire(
                     link,
@@ -782,7 +843,6 @@ class WebSocketPool:
         """Keep the warm set, evict idle and expired links, honour backoff."""
         assert self._wakeup is not None
         while self._state is _State.RUNNING:
-            self._wakeup.clear()
             now = time.monotonic()
             due = [self._housekeeping(now)]
             self._refill(now)
@@ -792,6 +852,9 @@ class WebSocketPool:
                 due.append(now + (self.config.slow_start or 1.0) / 10)
             delay = min(60.0, max(0.005, min(due) - now))
             self._maintenance_due = now + delay
+            # Cleared after the (synchronous) work: wakes it caused itself are moot,
+            # and nothing else can have run in between.
+            self._wakeup.clear()
             try:
                 async with asyncio.timeout(delay):
                     await self._wakeup.wait()
@@ -863,6 +926,8 @@ class WebSocketPool:
         if self._panic:
             eligible = live
         self._eligible = eligible
+        for backend in self._backends.values():
+            backend.in_rotation = backend in eligible
         self._balancer.update(eligible)
         for backend in live:
             if backend not in eligible:
@@ -953,6 +1018,7 @@ class WebSocketPool:
         existing = self._backends.get(backend.id)
         if existing is not None and not existing.removed:
             raise ValueError(f"duplicate backend id {backend.id!r}")
+        # A removed one still draining keeps living through its links' references.
         state = self._new_backend(backend)
         self._backends[backend.id] = state
         self._events.emit(ev.BACKEND_ADDED, backend.id)
@@ -967,8 +1033,8 @@ class WebSocketPool:
         if backend is None or backend.removed:
             raise KeyError(f"no backend with id {backend_id!r}")
         backend.removed = True
+        self._refresh_eligibility()  # out of rotation before the first await
         await self._health.unwatch(backend)
-        self._refresh_eligibility()
         while backend.idle:
             self._retire(
                 backend.idle.pop(),
@@ -1062,9 +1128,9 @@ class WebSocketPool:
             old &= self._links
             if not old:
                 break
-            victims = [link for link in old if link in self._backends[link.backend_id].idle]
+            victims = [link for link in old if link in link.pool_backend.idle]
             for link in victims[:batch]:
-                self._backends[link.backend_id].idle.remove(link)
+                link.pool_backend.idle.remove(link)
                 self._retire(link, code=code, reason=reason, was_idle=True)
                 old.discard(link)
                 closed += 1
