@@ -476,3 +476,52 @@ async def test_no_healthy_backend_lists_each_state(servers: list[BackendServer])
         with pytest.raises(NoHealthyBackendError, match="only: breaker open") as info:
             await pool.acquire()
         assert "refused" in info.value.backends["only"]
+
+
+async def test_a_failing_backend_is_ejected_at_once_but_never_the_last(
+    servers: list[BackendServer], make_pool: PoolFactory
+) -> None:
+    """One refused connect ejects a backend for its backoff delay; a sole backend stays in."""
+    await servers[1].refuse()
+    pool = await make_pool(
+        servers[:2],
+        min_connections=0,
+        load_balancing="round-robin",
+        circuit_breaker={"failure_threshold": 100},
+        reconnect={"initial_delay": 1.0, "max_delay": 1.0, "jitter": 0.0},
+    )
+    served = []
+    for _ in range(20):
+        async with pool.acquire() as conn:
+            served.append(conn.backend_id)
+    assert set(served) == {"b0"}
+    assert pool.stats["open_failures"] == 1  # dialled once, then left alone
+    status = pool.health_status()["b1"]
+    assert status.ejected and status.breaker == "closed"
+    await servers[1].restore()
+    await until(lambda: not pool.health_status()["b1"].ejected, timeout=3)
+    await until(lambda: pool._eligible == list(pool._backends.values()))
+    seen = set()
+    for _ in range(6):
+        async with pool.acquire() as conn:
+            seen.add(conn.backend_id)
+    assert seen == {"b0", "b1"}
+
+
+async def test_ejection_never_empties_the_rotation(
+    servers: list[BackendServer], make_pool: PoolFactory
+) -> None:
+    """With one backend, a failure doesn't lock acquires out for the backoff delay."""
+    pool = await make_pool(
+        servers[:1],
+        min_connections=0,
+        circuit_breaker={"failure_threshold": 100},
+        reconnect={"initial_delay": 30.0, "max_delay": 30.0},
+    )
+    await servers[0].refuse()
+    with pytest.raises(NoHealthyBackendError):
+        await pool.acquire()
+    await servers[0].restore()
+    async with pool.acquire(timeout=2) as conn:  # within the 30 s ejection: still dialled
+        await conn.send("back")
+        assert (await conn.receive(timeout=5)).data == "back"

@@ -40,6 +40,7 @@ class BackendHealth(BaseModel):
     url: str
     healthy: bool
     eligible: bool
+    """New leases may go here now: healthy, breaker not open, not ejected or removed."""
     latency: float | None
     """Milliseconds of the last successful probe."""
     last_check: float | None
@@ -54,6 +55,8 @@ class BackendHealth(BaseModel):
     last_error: str | None
     retry_in: float
     """Seconds until the pool next opens a replacement connection here (backoff)."""
+    ejected: bool
+    """Out of rotation for its backoff delay after a failure (outlier ejection)."""
 
 
 class BackendState:
@@ -86,6 +89,7 @@ class BackendState:
         self.last_check: float | None = None
         self.last_error: str | None = None
         self.retry_at = 0.0
+        self.ejected_until = 0.0
         self.recovered_at: float | None = None
         self._slow_start = pool_config.slow_start
         cb = pool_config.circuit_breaker
@@ -146,6 +150,9 @@ class BackendState:
             parts.append(f"breaker open for {self.breaker.remaining_open_time:.1f} s more")
         elif state == "half-open":
             parts.append("breaker half-open (trial in progress)")
+        remaining = self.ejected_until - time.monotonic()
+        if remaining > 0:
+            parts.append(f"ejected for {remaining:.1f} s after a failure")
         if not parts:
             parts.append("healthy")
         if self.last_error:
@@ -157,6 +164,7 @@ class BackendState:
     def record_connect_success(self) -> None:
         self.backoff.reset()
         self.retry_at = 0.0
+        self.ejected_until = 0.0
         if self.breaker_enabled:
             self.breaker.record_success()
 
@@ -166,6 +174,8 @@ class BackendState:
         if self.breaker_enabled:
             self.breaker.record_failure()
         self.schedule_retry(extra_steps=extra_backoff_steps)
+        # Outlier ejection: no new leases here until the backoff delay has passed.
+        self.ejected_until = self.retry_at
 
     def schedule_retry(self, *, extra_steps: int = 0) -> float:
         """Delay the next replacement connection by the backoff policy."""
@@ -185,13 +195,14 @@ class BackendState:
 
     # -- status ---------------------------------------------------------------
 
-    def health(self) -> BackendHealth:
+    def health(self, *, in_rotation: bool | None = None) -> BackendHealth:
+        """Status snapshot; ``in_rotation`` is whether the balancer may pick it right now."""
         now = time.monotonic()
         return BackendHealth(
             id=self.id,
             url=self.url,
             healthy=self.healthy,
-            eligible=self.eligible,
+            eligible=self.eligible if in_rotation is None else in_rotation,
             latency=self.latency_ms,
             last_check=self.last_check,
             breaker=self.breaker_state,
@@ -203,6 +214,7 @@ class BackendState:
             effective_weight=round(self.weight, 3),
             last_error=self.last_error,
             retry_in=round(max(0.0, self.retry_at - now), 3),
+            ejected=self.ejected_until > now,
         )
 
 

@@ -741,6 +741,7 @@ class WebSocketPool:
         if isinstance(exc, ConnectError):
             self.stats["open_failures"] += 1
             backend.record_failure(exc.reason)
+            self._schedule_refresh()  # ejected for its backoff delay
             logger.info("connect to backend %s failed: %s", backend.id, exc.reason)
         if waiter is None or waiter.future.done():
             self._wake()
@@ -804,6 +805,8 @@ class WebSocketPool:
         backend: BackendState = link.pool_backend
         if not link.client_initiated and self._state is _State.RUNNING and not backend.removed:
             blamed = backend.record_close(link.close_code, link.close_reason)
+            if blamed:
+                self._schedule_refresh()  # ejected for its backoff delay
             logger.info(
                 "connection %s to %s closed: %s %s%s",
                 link.id,
@@ -847,6 +850,10 @@ class WebSocketPool:
             due = [self._housekeeping(now)]
             self._refill(now)
             due.extend(b.retry_at for b in self._backends.values() if b.retry_at > now)
+            ejected = [b.ejected_until for b in self._backends.values() if b.ejected_until]
+            if any(until <= now for until in ejected):
+                self._refresh_eligibility()  # an ejection ended: back into rotation
+            due.extend(until for until in ejected if until > now)
             if any(b.recovered_at is not None for b in self._backends.values()):
                 self._refresh_eligibility()  # slow start: weights are still ramping
                 due.append(now + (self.config.slow_start or 1.0) / 10)
@@ -919,18 +926,23 @@ class WebSocketPool:
 
     def _refresh_eligibility(self) -> None:
         self._refresh_scheduled = False
+        now = time.monotonic()
         live = [b for b in self._backends.values() if not b.removed]
-        eligible = [b for b in live if b.eligible]
+        usable = [b for b in live if b.eligible]
         threshold = self.config.panic_threshold
-        self._panic = bool(threshold is not None and live and len(eligible) / len(live) < threshold)
+        self._panic = bool(threshold is not None and live and len(usable) / len(live) < threshold)
         if self._panic:
-            eligible = live
-        self._eligible = eligible
+            usable = live
         for backend in self._backends.values():
-            backend.in_rotation = backend in eligible
-        self._balancer.update(eligible)
+            backend.in_rotation = backend in usable
+            if backend.ejected_until and backend.ejected_until <= now:
+                backend.ejected_until = 0.0
+        # Outlier ejection (Envoy's model): a backend that just failed gets no new
+        # leases for its backoff delay, but never if that would leave none at all.
+        self._eligible = [b for b in usable if not b.ejected_until] or usable
+        self._balancer.update(self._eligible)
         for backend in live:
-            if backend not in eligible:
+            if backend not in usable:
                 while backend.idle:
                     self._retire(
                         backend.idle.pop(),
@@ -938,7 +950,7 @@ class WebSocketPool:
                         reason="backend ineligible",
                         was_idle=True,
                     )
-        if not eligible and self._state is _State.RUNNING:
+        if not usable and self._state is _State.RUNNING:
             for waiter in list(self._waiters):
                 self._fail(waiter, self._no_backend_error())
         self._dispatch()
@@ -994,7 +1006,12 @@ class WebSocketPool:
 
     def health_status(self) -> dict[str, BackendHealth]:
         """``{backend_id: BackendHealth}`` for every backend; ``.model_dump()`` is JSON-ready."""
-        return {b.id: b.health() for b in self._backends.values() if not b.removed}
+        eligible = set(self._eligible)
+        return {
+            b.id: b.health(in_rotation=b in eligible)
+            for b in self._backends.values()
+            if not b.removed
+        }
 
     def on(self, event: str, callback: Callable[..., Any]) -> Callable[..., Any]:
         """Call ``callback`` (sync or async) on ``event``; see ``wsclient.events.EVENTS``."""
