@@ -25,8 +25,8 @@ import random
 import time
 import warnings
 from collections import deque
-from collections.abc import Callable, Generator, Mapping
-from typing import Any
+from collections.abc import Callable, Coroutine, Generator, Mapping
+from typing import Any, cast
 
 from wsclient import events as ev
 from wsclient.backend import BackendHealth, BackendState, weighted_targets
@@ -111,14 +111,28 @@ class _AcquireContext:
     def __await__(self) -> Generator[Any, None, Connection]:
         return self._pool._acquire(self._key, self._timeout, self._backend_id).__await__()
 
-    async def __aenter__(self) -> Connection:
-        self._conn = await self._pool._acquire(self._key, self._timeout, self._backend_id)
-        return self._conn
+    # Plain methods returning awaitables: one coroutine frame fewer per lease.
+    def __aenter__(self) -> Coroutine[Any, Any, Connection]:
+        return self._pool._acquire(self._key, self._timeout, self._backend_id, self)
 
-    async def __aexit__(self, *exc_info: object) -> None:
+    def __aexit__(self, *exc_info: object) -> _Ready:
         conn, self._conn = self._conn, None
         if conn is not None and not conn.released:
             self._pool.release(conn)
+        return _READY
+
+
+class _Ready:
+    """An awaitable that is already finished (release() never blocks)."""
+
+    __slots__ = ()
+
+    def __await__(self) -> Generator[Any, None, None]:
+        return
+        yield  # makes this a generator function
+
+
+_READY = _Ready()
 
 
 class WebSocketPool:
@@ -142,6 +156,8 @@ class WebSocketPool:
                 f"not {type(config).__name__}"
             )
         self.config = cfg
+        self._validate_on_checkout = cfg.validate_on_checkout
+        self._idle_timeout = cfg.idle_timeout
         self._defaults = cfg.connection_defaults()
         self._backends: dict[str, BackendState] = {}
         self._balancer = create_balancer(cfg.load_balancing)
@@ -362,7 +378,11 @@ class WebSocketPool:
         return _AcquireContext(self, key, timeout, None)
 
     async def _acquire(
-        self, key: str | None, timeout: float | None, backend_id: str | None
+        self,
+        key: str | None,
+        timeout: float | None,
+        backend_id: str | None,
+        context: _AcquireContext | None = None,
     ) -> Connection:
         if self._state is not _State.RUNNING:
             self._raise_not_running()
@@ -371,7 +391,7 @@ class WebSocketPool:
             link = self._take_idle(backend)
             if link is None and key is None and not self._has_capacity():
                 link = self._take_any_idle()
-            while link is not None and self.config.validate_on_checkout:
+            while link is not None and self._validate_on_checkout:
                 if await self._validate(link):
                     break
                 if self._state is not _State.RUNNING:
@@ -382,7 +402,10 @@ class WebSocketPool:
                     self._retire(link, code=CloseCode.GOING_AWAY, reason="pool closing")
                     self._raise_not_running()
                 self._lease(link)
-                return Connection(link)
+                conn = Connection(link)
+                if context is not None:
+                    context._conn = conn
+                return conn
             waiter = _Waiter(
                 asyncio.get_running_loop().create_future(),
                 backend.id if key is not None else None,
@@ -393,7 +416,10 @@ class WebSocketPool:
             if backend_id is None and key is not None:
                 backend_id = self._pick(key).id
             waiter = _Waiter(asyncio.get_running_loop().create_future(), backend_id, key)
-        return await self._wait(waiter, timeout)
+        conn = await self._wait(waiter, timeout)
+        if context is not None:
+            context._conn = conn
+        return conn
 
     async def _wait(self, waiter: _Waiter, timeout: float | None) -> Connection:
         if self._state is not _State.RUNNING:
@@ -436,9 +462,7 @@ class WebSocketPool:
             )
         if not self._eligible:
             raise self._no_backend_error()
-        backend = self._balancer.pick(key)
-        assert isinstance(backend, BackendState)
-        return backend
+        return cast(BackendState, self._balancer.pick(key))
 
     def _no_backend_error(self) -> NoHealthyBackendError:
         return NoHealthyBackendError({b.id: b.describe() for b in self._backends.values()})
@@ -622,13 +646,12 @@ class WebSocketPool:
             link.start_idle_read()
 
     def _put_back(self, link: _Link, backend: BackendState | None) -> None:
-        if link.state is ConnectionState.OPEN and link.ws.closed:
+        if link.ws.closed and link.state is ConnectionState.OPEN:
             link.absorb_close(WS_CLOSED)  # aiohttp closed it (heartbeat) while nobody read
         if (
             self._state is not _State.RUNNING
             or backend is None
             or link.state is not ConnectionState.OPEN
-            or link.ws.closed
             or not backend.in_rotation
             or link.generation != self._generation
             or (link.expires_at is not None and time.monotonic() >= link.expires_at)
@@ -650,7 +673,7 @@ class WebSocketPool:
             # re-acquired before then never starts a background read at all.
             self._read_scheduled = True
             asyncio.get_running_loop().call_soon(self._start_idle_reads)
-        timeout = self.config.idle_timeout
+        timeout = self._idle_timeout
         if timeout is not None and link.last_used + timeout < self._maintenance_due:
             self._wake()  # rare: only when this deadline is the earliest one
         if self._waiters:
