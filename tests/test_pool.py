@@ -728,3 +728,14 @@ async def test_a_lease_that_dies_unread_is_blamed_on_release(
     status = pool.health_status()["b0"]
     assert status.consecutive_failures == 1
     assert "heartbeat" in (status.last_error or "")
+
+
+async def test_tight_acquire_release_loop_keeps_bookkeeping_bounded(
+    servers: list[BackendServer], make_pool: PoolFactory
+) -> None:
+    """10,000 acquire/release pairs without yielding queue at most one idle read per link."""
+    pool = await make_pool(servers[:1], min_connections=2)
+    for _ in range(10_000):
+        conn = await pool.acquire()
+        pool.release(conn)
+    assert len(pool._to_read) <= pool.size

@@ -184,6 +184,7 @@ class _Link:
         "pending",
         "pong_waiters",
         "pool_backend",
+        "read_queued",
         "state",
         "url",
         "ws",
@@ -217,6 +218,7 @@ class _Link:
         self._idle = False
         self.client_initiated = False
         self.pool_backend: Any = None
+        self.read_queued = False
 
     # -- state ---------------------------------------------------------------
 

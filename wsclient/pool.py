@@ -643,6 +643,7 @@ class WebSocketPool:
         self._read_scheduled = False
         links, self._to_read = self._to_read, []
         for link in links:
+            link.read_queued = False
             link.start_idle_read()
 
     def _put_back(self, link: _Link, backend: BackendState | None) -> None:
@@ -667,7 +668,9 @@ class WebSocketPool:
         link.mark_idle()
         backend.idle.append(link)
         self._idle_total += 1
-        self._to_read.append(link)
+        if not link.read_queued:  # bounded by the number of links, however tight the loop
+            link.read_queued = True
+            self._to_read.append(link)
         if not self._read_scheduled:
             # One callback per loop iteration for all links released in it; a link
             # re-acquired before then never starts a background read at all.
