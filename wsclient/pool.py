@@ -299,6 +299,8 @@ class WebSocketPool:
             for link in list(self._leased):
                 self._orphans.add(link)
                 self._leased.discard(link)
+                if link not in self._validating:  # a validation was never counted active
+                    link.pool_backend.active -= 1
                 self._retire(link, code=code, reason="pool closing")
             for backend in self._backends.values():
                 while backend.idle:
@@ -391,12 +393,22 @@ class WebSocketPool:
             link = self._take_idle(backend)
             if link is None and key is None and not self._has_capacity():
                 link = self._take_any_idle()
-            while link is not None and self._validate_on_checkout:
-                if await self._validate(link):
-                    break
-                if self._state is not _State.RUNNING:
-                    self._raise_not_running()
-                link = self._take_idle(backend) or (None if key else self._take_any_idle())
+            if link is not None and self._validate_on_checkout:
+                # Validation is part of the acquire: its pings share the acquire's deadline.
+                limit = self.config.acquire_timeout if timeout is None else timeout
+                deadline = None if limit is None else time.monotonic() + limit
+                while link is not None:
+                    remaining = None if deadline is None else deadline - time.monotonic()
+                    if remaining is not None and remaining <= 0:
+                        self._put_back(link, link.pool_backend)
+                        raise AcquireTimeoutError(f"no connection within {limit} s ({self!r})")
+                    if await self._validate(link, remaining):
+                        break
+                    if self._state is not _State.RUNNING:
+                        self._raise_not_running()
+                    link = self._take_idle(backend) or (None if key else self._take_any_idle())
+                if deadline is not None:
+                    timeout = max(0.0, deadline - time.monotonic())
             if link is not None:
                 if self._state is not _State.RUNNING:
                     self._retire(link, code=CloseCode.GOING_AWAY, reason="pool closing")
@@ -495,14 +507,17 @@ class WebSocketPool:
         link.pool_backend.active += 1
         self.stats["acquired"] += 1
 
-    async def _validate(self, link: _Link) -> bool:
+    async def _validate(self, link: _Link, remaining: float | None) -> bool:
         """validate_on_checkout: a ping round trip before handing an idle link out."""
         backend: BackendState = link.pool_backend
+        limit = backend.options.heartbeat.timeout
+        if remaining is not None:
+            limit = min(limit, remaining)
         self._leased.add(link)  # reserved while validating, so counts stay whole
         self._validating.add(link)
         ok = False
         try:
-            ok = await link.roundtrip(timeout=backend.options.heartbeat.timeout)
+            ok = await link.roundtrip(timeout=limit)
         finally:
             self._validating.discard(link)
             self._leased.discard(link)
