@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from wsclient import Backend, WebSocketPool
+from wsclient import Backend, Connection, WebSocketPool
 from wsclient.testing import BackendServer
 
 # Timings short enough for tests, long enough for a loaded 2-core machine.
@@ -65,3 +65,9 @@ async def until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
         if loop.time() > deadline:
             raise AssertionError(f"condition not reached within {timeout} s")
         await asyncio.sleep(0.001)
+
+
+async def assert_echo(conn: Connection, data: str | bytes) -> None:
+    """Send ``data`` and assert the echo backend sends exactly it back."""
+    await conn.send(data)
+    assert (await conn.receive(timeout=5)).data == data

@@ -17,7 +17,7 @@ from wsclient import (
 )
 from wsclient.testing import EXPECTED_CLOSE_CODES, MALFORMED_KINDS, BackendServer
 
-from .conftest import PoolFactory, until
+from .conftest import PoolFactory, assert_echo, until
 
 FIELDS = [*sorted(PoolConfig.model_fields), "bogus_option"]
 
@@ -110,8 +110,7 @@ async def test_malformed_frame_closes_with_rfc_code_and_pool_replaces_it(
     pool._check_invariants()
     await server.wait_for_accepted(2, timeout=5)
     async with pool.acquire() as fresh:
-        await fresh.send("after " + kind)
-        assert (await fresh.receive(timeout=5)).data == "after " + kind
+        await assert_echo(fresh, "after " + kind)
 
 
 async def test_malformed_frame_to_idle_connection_is_replaced(
@@ -164,8 +163,7 @@ async def test_api_misuse_on_a_pooled_connection_keeps_it_open(
         with pytest.raises(error):
             await getattr(conn, method)(*args)
         assert conn.connected
-        await conn.send("still fine")
-        assert (await conn.receive(timeout=5)).data == "still fine"
+        await assert_echo(conn, "still fine")
 
 
 async def test_bad_runtime_arguments_are_rejected(

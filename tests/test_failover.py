@@ -20,7 +20,7 @@ from wsclient import (
 )
 from wsclient.testing import BackendProcess, BackendServer
 
-from .conftest import FAST, PoolFactory, until
+from .conftest import FAST, PoolFactory, assert_echo, until
 
 # Short, explicit timings for failure detection.
 PROBE = {"interval": 0.1, "timeout": 0.5, "unhealthy_threshold": 2, "healthy_threshold": 2}
@@ -239,8 +239,7 @@ async def test_all_down_fails_fast_and_recovers_without_restart(
         server.set_health_status(200)
     await log.wait_for("backend-healthy", "b0")
     async with pool.acquire(timeout=2) as conn:
-        await conn.send("back")
-        assert (await conn.receive(timeout=5)).data == "back"
+        await assert_echo(conn, "back")
 
 
 async def test_waiters_fail_fast_when_every_backend_goes_down(
@@ -322,8 +321,7 @@ async def test_events_fire_sync_and_async_and_a_raising_listener_is_isolated(
     pool.on("connection-open", good_async)
     with caplog.at_level(logging.ERROR, logger="wsclient.events"):
         async with pool.acquire() as conn:
-            await conn.send("x")
-            assert (await conn.receive(timeout=5)).data == "x"
+            await assert_echo(conn, "x")
         await asyncio.wait_for(done.wait(), 2)
     assert got == ["sync:b0", "async:b0"]
     assert "listener bug" in caplog.text
@@ -523,5 +521,4 @@ async def test_ejection_never_empties_the_rotation(
         await pool.acquire()
     await servers[0].restore()
     async with pool.acquire(timeout=2) as conn:  # within the 30 s ejection: still dialled
-        await conn.send("back")
-        assert (await conn.receive(timeout=5)).data == "back"
+        await assert_echo(conn, "back")

@@ -22,7 +22,7 @@ from wsclient import (
 )
 from wsclient.testing import BackendServer
 
-from .conftest import FAST, PoolFactory, until
+from .conftest import FAST, PoolFactory, assert_echo, until
 
 
 def _waiting_is(pool: WebSocketPool, n: int) -> bool:
@@ -62,8 +62,7 @@ async def test_round_robin_with_traffic_echoes(
     pool = await make_pool(servers, load_balancing="round-robin", min_connections=3)
     for i in range(30):
         async with pool.acquire() as conn:
-            await conn.send(f"m{i}")
-            assert (await conn.receive(timeout=5)).data == f"m{i}"
+            await assert_echo(conn, f"m{i}")
     assert [s.messages_received for s in servers] == [10, 10, 10]
 
 
@@ -80,8 +79,7 @@ async def test_never_more_than_max_open_counting_server_sockets(
             async with pool.acquire() as conn:
                 peak = max(peak, sum(s.open_connections for s in servers))
                 pool._check_invariants()
-                await conn.send(f"{n}-{i}")
-                assert (await conn.receive(timeout=5)).data == f"{n}-{i}"
+                await assert_echo(conn, f"{n}-{i}")
 
     await asyncio.gather(*(worker(n) for n in range(50)))
     assert 1 <= peak <= 5
@@ -230,8 +228,7 @@ async def test_connection_closed_by_server_is_never_handed_out_again(
     for _ in range(4):
         async with pool.acquire() as conn:
             assert conn.id not in old_ids
-            await conn.send("fresh")
-            assert (await conn.receive(timeout=5)).data == "fresh"
+            await assert_echo(conn, "fresh")
 
 
 async def test_released_closed_connection_is_discarded_and_refilled(
@@ -308,8 +305,7 @@ async def test_idle_messages_are_discarded_and_reported(
     await servers[0].push("unsolicited")
     assert await asyncio.wait_for(seen, 3) == "unsolicited"
     async with pool.acquire() as conn:
-        await conn.send("mine")
-        assert (await conn.receive(timeout=5)).data == "mine"
+        await assert_echo(conn, "mine")
 
 
 async def test_misuse_raises_clear_errors_and_keeps_pool_consistent(
@@ -364,8 +360,7 @@ async def test_close_waits_for_leased_connections(
     assert not closer.done()
     with pytest.raises(PoolClosedError):
         await pool.acquire()
-    await conn.send("still usable while closing")
-    assert (await conn.receive(timeout=5)).data == "still usable while closing"
+    await assert_echo(conn, "still usable while closing")
     pool.release(conn)
     await asyncio.wait_for(closer, 5)
     await servers[0].wait_for_connections(0)
@@ -489,8 +484,7 @@ async def test_late_reply_after_a_timed_out_receive_never_reaches_the_next_lesse
     await until(lambda: stray == ["A's request"])  # arrived while idle: discarded
     servers[0].set_reply_delay(0)
     async with pool.acquire() as conn:
-        await conn.send("B's request")
-        assert (await conn.receive(timeout=5)).data == "B's request"
+        await assert_echo(conn, "B's request")
 
 
 async def test_borrowing_an_idle_link_at_capacity_counts_it_on_its_own_backend(
@@ -560,8 +554,7 @@ async def test_cancel_during_validation_leaks_nothing(
         await asyncio.wait_for(pool.acquire(), 0.05)
     servers[0].ignore_pings(False)
     async with pool.acquire(timeout=3) as conn:
-        await conn.send("ok")
-        assert (await conn.receive(timeout=5)).data == "ok"
+        await assert_echo(conn, "ok")
     await until(lambda: servers[0].open_connections == 1)
     pool._check_invariants()
 
@@ -641,8 +634,7 @@ async def test_connections_the_client_drops_or_closes_are_not_blamed(
     status = pool.health_status()["b0"]
     assert status.breaker == "closed" and status.consecutive_failures == 0
     async with pool.acquire() as conn:
-        await conn.send("fine")
-        assert (await conn.receive(timeout=5)).data == "fine"
+        await assert_echo(conn, "fine")
 
 
 async def test_fifo_holds_while_the_first_waiter_waits_on_a_slow_open(

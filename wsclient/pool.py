@@ -271,10 +271,7 @@ class WebSocketPool:
                 self._maintenance.cancel()
                 await asyncio.wait((self._maintenance,))
             for backend in self._backends.values():
-                while backend.idle:
-                    self._retire(
-                        backend.idle.pop(), code=code, reason="pool closing", was_idle=True
-                    )
+                self._retire_idle(backend, code, "pool closing")
             for link in list(self._validating):
                 self._retire(link, code=None, reason="pool closing")  # ends its pong wait
             if self._leased and wait_for_leases > 0 and self._all_returned is not None:
@@ -303,10 +300,7 @@ class WebSocketPool:
                     link.pool_backend.active -= 1
                 self._retire(link, code=code, reason="pool closing")
             for backend in self._backends.values():
-                while backend.idle:
-                    self._retire(
-                        backend.idle.pop(), code=code, reason="pool closing", was_idle=True
-                    )
+                self._retire_idle(backend, code, "pool closing")
             # Opens still in flight are cancelled; their tasks clean up after themselves.
             for task in list(self._tasks):
                 if task.get_name().startswith("wsclient-open"):
@@ -800,6 +794,10 @@ class WebSocketPool:
 
     # ------------------------------------------------------------------ closing links
 
+    def _retire_idle(self, backend: BackendState, code: int | None, reason: str) -> None:
+        while backend.idle:
+            self._retire(backend.idle.pop(), code=code, reason=reason, was_idle=True)
+
     def _retire(
         self, link: _Link, *, code: int | None, reason: str, was_idle: bool = False
     ) -> None:
@@ -984,13 +982,7 @@ class WebSocketPool:
         self._balancer.update(self._eligible)
         for backend in live:
             if backend not in usable:
-                while backend.idle:
-                    self._retire(
-                        backend.idle.pop(),
-                        code=CloseCode.GOING_AWAY,
-                        reason="backend ineligible",
-                        was_idle=True,
-                    )
+                self._retire_idle(backend, CloseCode.GOING_AWAY, "backend ineligible")
         if not usable and self._state is _State.RUNNING:
             for waiter in list(self._waiters):
                 self._fail(waiter, self._no_backend_error())
@@ -1093,13 +1085,7 @@ class WebSocketPool:
         backend.removed = True
         self._refresh_eligibility()  # out of rotation before the first await
         await self._health.unwatch(backend)
-        while backend.idle:
-            self._retire(
-                backend.idle.pop(),
-                code=CloseCode.GOING_AWAY,
-                reason="backend removed",
-                was_idle=True,
-            )
+        self._retire_idle(backend, CloseCode.GOING_AWAY, "backend removed")
         for waiter in list(self._waiters):
             if waiter.backend_id == backend_id:
                 self._fail(waiter, self._no_backend_error())

@@ -467,7 +467,51 @@ class _ServerConn:
     close_timer: asyncio.TimerHandle | None = None
 
 
-class BackendServer:
+class _Endpoint:
+    """Address properties shared by BackendServer and BackendProcess."""
+
+    _host: str
+    _port: int
+    _path: str
+    _name: str
+
+    @property
+    def host(self) -> str:
+        """The bound address."""
+        return self._host
+
+    @property
+    def port(self) -> int:
+        """The bound port (``0`` until first started when constructed with ``port=0``)."""
+        return self._port
+
+    @property
+    def path(self) -> str:
+        """Path of the WebSocket endpoint."""
+        return self._path
+
+    @property
+    def name(self) -> str:
+        """Name reported by ``/health``."""
+        return self._name
+
+    @property
+    def url(self) -> str:
+        """WebSocket URL, e.g. ``ws://127.0.0.1:PORT/ws``."""
+        return f"ws://{self._authority()}{self._path}"
+
+    @property
+    def http_url(self) -> str:
+        """Base HTTP URL, e.g. ``http://127.0.0.1:PORT``."""
+        return f"http://{self._authority()}"
+
+    def _authority(self) -> str:
+        if self._port == 0:
+            raise RuntimeError(f"{self!r} has no port yet; start() it first")
+        return f"{_format_host(self._host)}:{self._port}"
+
+
+class BackendServer(_Endpoint):
     """A real aiohttp WebSocket backend on ``127.0.0.1`` you can make misbehave at run time.
 
     (Not to be confused with the backend *configuration* model of the client.)
@@ -611,41 +655,6 @@ class BackendServer:
         await self.stop()
 
     # -- addresses ---------------------------------------------------------------------
-
-    @property
-    def host(self) -> str:
-        """The bound address."""
-        return self._host
-
-    @property
-    def port(self) -> int:
-        """The bound port (``0`` until first started when constructed with ``port=0``)."""
-        return self._port
-
-    @property
-    def path(self) -> str:
-        """Path of the WebSocket endpoint."""
-        return self._path
-
-    @property
-    def name(self) -> str:
-        """Name reported by ``/health``."""
-        return self._name
-
-    @property
-    def url(self) -> str:
-        """WebSocket URL, e.g. ``ws://127.0.0.1:PORT/ws``."""
-        return f"ws://{self._authority()}{self._path}"
-
-    @property
-    def http_url(self) -> str:
-        """Base HTTP URL, e.g. ``http://127.0.0.1:PORT``."""
-        return f"http://{self._authority()}"
-
-    def _authority(self) -> str:
-        if self._port == 0:
-            raise RuntimeError(f"{self!r} has no port yet; start() it first")
-        return f"{_format_host(self._host)}:{self._port}"
 
     @property
     def running(self) -> bool:
@@ -1145,7 +1154,7 @@ def _child_env() -> dict[str, str]:
     return env
 
 
-class BackendProcess:
+class BackendProcess(_Endpoint):
     """The :class:`BackendServer` running in a child process, to ``SIGKILL``/``SIGSTOP`` it.
 
     The child is ``python -m wsclient._backend_main``; it reports ``READY <port>`` on its
@@ -1357,41 +1366,6 @@ class BackendProcess:
     def paused(self) -> bool:
         """Whether the child is stopped by :meth:`pause`."""
         return self._paused
-
-    @property
-    def host(self) -> str:
-        """The bound address."""
-        return self._host
-
-    @property
-    def port(self) -> int:
-        """The port (``0`` until first started when constructed with ``port=0``)."""
-        return self._port
-
-    @property
-    def path(self) -> str:
-        """Path of the WebSocket endpoint."""
-        return self._path
-
-    @property
-    def name(self) -> str:
-        """Name reported by ``/health``."""
-        return self._name
-
-    @property
-    def url(self) -> str:
-        """WebSocket URL, e.g. ``ws://127.0.0.1:PORT/ws``."""
-        return f"ws://{self._authority()}{self._path}"
-
-    @property
-    def http_url(self) -> str:
-        """Base HTTP URL, e.g. ``http://127.0.0.1:PORT``."""
-        return f"http://{self._authority()}"
-
-    def _authority(self) -> str:
-        if self._port == 0:
-            raise RuntimeError(f"{self!r} has no port yet; start() it first")
-        return f"{_format_host(self._host)}:{self._port}"
 
     # -- remote control ----------------------------------------------------------------
 
