@@ -285,3 +285,16 @@ async def test_send_wrong_type_is_type_error(conn: Connection) -> None:
     with pytest.raises(TypeError, match="int"):
         await conn.send(42)  # type: ignore[arg-type]
     assert conn.connected
+
+
+async def test_compression_is_negotiated_and_round_trips(server: BackendServer) -> None:
+    """compression=True negotiates permessage-deflate; messages still round-trip."""
+    connection = await connect(server.url, compression=True)
+    assert connection._checked().ws.compress > 0
+    payload = "compress me " * 200
+    await connection.send(payload)
+    assert (await connection.receive(timeout=5)).data == payload
+    await connection.close()
+    plain = await connect(server.url)
+    assert plain._checked().ws.compress == 0
+    await plain.close()

@@ -522,3 +522,26 @@ async def test_ejection_never_empties_the_rotation(
     await servers[0].restore()
     async with pool.acquire(timeout=2) as conn:  # within the 30 s ejection: still dialled
         await assert_echo(conn, "back")
+
+
+async def test_websocket_probe_records_latency_and_marks_a_silent_backend(
+    servers: list[BackendServer], make_pool: PoolFactory
+) -> None:
+    """Without a path the probe is handshake + ping/pong; no pong means a failed probe."""
+    import time
+
+    pool = await make_pool(
+        servers[:2],
+        min_connections=0,
+        health_check={"interval": 0.05, "timeout": 0.3, "unhealthy_threshold": 2},
+    )
+    log = EventLog(pool, "backend-unhealthy")
+    await until(lambda: all(h.latency is not None for h in pool.health_status().values()))
+    status = pool.health_status()["b0"]
+    assert status.latency is not None and 0 < status.latency < 1000
+    assert status.last_check is not None and abs(status.last_check - time.time()) < 5
+    servers[1].ignore_pings()  # handshakes still succeed; pongs never come
+    await log.wait_for("backend-unhealthy", "b1")
+    assert "timed out" in str(log.items[0][1][1])
+    assert pool.health_status()["b0"].healthy
+    assert servers[0].health_requests == 0  # the WebSocket probe never used /health
