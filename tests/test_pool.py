@@ -20,6 +20,7 @@ from wsclient import (
     WebSocketPool,
     connect,
 )
+from wsclient.pytest_plugin import FaultProxyFactory
 from wsclient.testing import BackendServer
 
 from .conftest import FAST, PoolFactory, assert_echo, until
@@ -468,23 +469,42 @@ async def test_unclosed_pool_warns(servers: list[BackendServer]) -> None:
 # --- regressions: each was a confirmed defect found in review -------------------------
 
 
-async def test_late_reply_after_a_timed_out_receive_never_reaches_the_next_lessee(
+async def test_buffered_late_reply_never_reaches_a_waiting_lessee(
     servers: list[BackendServer], make_pool: PoolFactory
 ) -> None:
-    """A reply arriving after its lessee timed out and released is discarded, not re-delivered."""
+    """A reply already buffered when its lessee releases never reaches the queued next one."""
     pool = await make_pool(servers[:1], min_connections=1, max_connections=1)
-    stray: list[object] = []
-    pool.on("idle-message", lambda bid, cid, msg: stray.append(msg.data))
     conn = await pool.acquire()
-    servers[0].set_reply_delay(0.2)
+    servers[0].set_reply_delay(0.05)
     await conn.send("A's request")
     with pytest.raises(TimeoutError):
-        await conn.receive(timeout=0.02)
-    pool.release(conn)
-    await until(lambda: stray == ["A's request"])  # arrived while idle: discarded
+        await conn.receive(timeout=0.01)
+    await servers[0].wait_for_messages(1)
+    waiting = asyncio.ensure_future(pool.acquire(timeout=5))
+    await until(lambda: pool.waiting_count == 1)
+    await asyncio.sleep(0.1)  # A's reply is now sitting in the socket buffer
     servers[0].set_reply_delay(0)
-    async with pool.acquire() as conn:
-        await assert_echo(conn, "B's request")
+    pool.release(conn)
+    other = await waiting  # a fresh connection, not A's
+    await assert_echo(other, "B's request")
+    pool.release(other)
+
+
+async def test_release_while_a_receive_is_still_running_is_safe(
+    servers: list[BackendServer], make_pool: PoolFactory
+) -> None:
+    """Releasing with a receive() in flight closes that connection; the next lessee is unharmed."""
+    pool = await make_pool(servers[:1], min_connections=1, max_connections=1)
+    conn = await pool.acquire()
+    stray = asyncio.ensure_future(conn.receive())
+    await asyncio.sleep(0)  # the receive is now waiting on the socket
+    pool.release(conn)
+    async with pool.acquire(timeout=5) as other:
+        await assert_echo(other, "mine")
+    with pytest.raises(ConnectionClosedError):
+        await asyncio.wait_for(stray, 5)
+    assert pool.health_status()["b0"].consecutive_failures == 0
+    pool._check_invariants()
 
 
 async def test_borrowing_an_idle_link_at_capacity_counts_it_on_its_own_backend(
@@ -731,3 +751,132 @@ async def test_tight_acquire_release_loop_keeps_bookkeeping_bounded(
         conn = await pool.acquire()
         pool.release(conn)
     assert len(pool._to_read) <= pool.size
+
+
+# --- regressions from the second review --------------------------------------------
+
+
+async def test_an_open_that_succeeds_during_ejection_readmits_the_backend(
+    servers: list[BackendServer], make_pool: PoolFactory
+) -> None:
+    """A successful connect ends an ejection and puts the backend back into rotation."""
+    pool = await make_pool(servers[:2], min_connections=0, reconnect={"initial_delay": 30.0})
+    backend = pool._backends["b1"]
+    backend.record_failure("simulated")
+    pool._refresh_eligibility()
+    assert not pool.health_status()["b1"].eligible
+    await pool._start_open(backend, None)  # e.g. an open that was already in flight
+    await until(lambda: pool.health_status()["b1"].eligible, timeout=2)
+
+
+async def test_idle_links_of_an_ejected_backend_make_room_at_capacity(
+    servers: list[BackendServer], make_pool: PoolFactory
+) -> None:
+    """At max_connections, an ejected backend's idle link is closed so acquires can proceed."""
+    pool = await make_pool(
+        servers[:2],
+        min_connections=0,
+        max_connections=2,
+        load_balancing="round-robin",
+        reconnect={"initial_delay": 30.0},
+    )
+    held = [await pool.acquire(), await pool.acquire()]
+    on_b0 = next(c for c in held if c.backend_id == "b0")
+    pool.release(next(c for c in held if c.backend_id == "b1"))  # b1: one idle link
+    pool._backends["b1"].record_failure("simulated")
+    pool._refresh_eligibility()
+    async with pool.acquire(timeout=2) as conn:
+        assert conn.backend_id == "b0"
+    pool.release(on_b0)
+
+
+async def test_a_mass_close_is_one_backoff_step(
+    servers: list[BackendServer], make_pool: PoolFactory
+) -> None:
+    """Six connections reset at once count six breaker failures but one backoff step."""
+    pool = await make_pool(
+        servers[:2], [5, 1], min_connections=6, circuit_breaker={"failure_threshold": 50}
+    )
+    backend = pool._backends["b0"]
+    linked = len(backend.links)
+    await servers[0].drop_all()
+    await until(lambda: backend.breaker.failure_count >= linked)
+    assert backend.backoff.attempts == 1
+
+
+async def test_ip_hash_acquire_without_key_fails_cleanly_while_others_wait(
+    servers: list[BackendServer], make_pool: PoolFactory
+) -> None:
+    """A keyless ip-hash acquire raises ValueError at once and strands nothing."""
+    pool = await make_pool(
+        servers[:1], min_connections=0, max_connections=1, load_balancing="ip-hash"
+    )
+    held = await pool.acquire(key="k")
+    waiting = asyncio.ensure_future(pool.acquire(key="k", timeout=5))
+    await until(lambda: pool.waiting_count == 1)
+    with pytest.raises(ValueError, match="key"):
+        await pool.acquire()
+    assert pool.waiting_count == 1
+    pool.release(held)
+    pool.release(await waiting)
+    assert pool.active_count == 0
+    pool._check_invariants()
+
+
+async def test_remove_backend_returns_once_its_inflight_open_fails(
+    servers: list[BackendServer], make_pool: PoolFactory
+) -> None:
+    """remove_backend(drain=True) doesn't wait out shutdown_timeout for a failed open."""
+    pool = await make_pool(servers[:1], min_connections=0, connect_timeout=0.3, shutdown_timeout=5)
+    pool.add_backend(Backend(id="slow", url=servers[1].url, weight=1000))
+    servers[1].stall_handshake()
+    acquiring = asyncio.ensure_future(pool.acquire(timeout=3))
+    await until(lambda: pool.connecting_count == 1)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    await pool.remove_backend("slow", drain=True)
+    assert loop.time() - started < 2
+    pool.release(await acquiring)
+
+
+async def test_an_expired_idle_connection_is_closed_on_time(
+    servers: list[BackendServer], make_pool: PoolFactory
+) -> None:
+    """An idle connection past max_lifetime is closed soon, not at the next 60 s sweep."""
+    pool = await make_pool(servers[:1], min_connections=0, max_lifetime=0.3, idle_timeout=None)
+    async with pool.acquire() as conn:
+        await assert_echo(conn, "x")
+    await servers[0].wait_for_connections(0, timeout=3)
+    assert pool.size == 0
+
+
+async def test_validation_budget_running_out_keeps_a_healthy_connection(
+    servers: list[BackendServer],
+    make_pool: PoolFactory,
+    wsclient_fault_proxy: FaultProxyFactory,
+) -> None:
+    """An acquire whose time runs out mid-validation leaves the (slow but fine) link alone."""
+    proxy = await wsclient_fault_proxy(servers[0])
+    pool = await make_pool(servers[:1], min_connections=0, validate_on_checkout=True)
+    pool.add_backend(Backend(id="far", url=proxy.url_for("/ws")))
+    await pool.remove_backend("b0")
+    async with pool.acquire() as conn:
+        first = conn.id
+    proxy.set_latency(0.2)
+    with pytest.raises(AcquireTimeoutError):
+        await pool.acquire(timeout=0.1)
+    proxy.set_latency(0)
+    async with pool.acquire(timeout=5) as conn:
+        assert conn.id == first  # not retired for our impatience
+    assert servers[0].accepted_total == 1
+
+
+async def test_broadcast_includes_an_ejected_backend(
+    servers: list[BackendServer], make_pool: PoolFactory
+) -> None:
+    """broadcast() reaches a healthy backend even while it is ejected."""
+    pool = await make_pool(servers[:2], min_connections=2, reconnect={"initial_delay": 30.0})
+    pool._backends["b1"].record_failure("simulated")
+    pool._refresh_eligibility()
+    results = await pool.broadcast("to all")
+    assert results == {"b0": None, "b1": None}

@@ -68,7 +68,7 @@ class BackendState:
         pool_config: PoolConfig,
         defaults: ConnectionOptions,
         *,
-        on_breaker_change: Callable[[BreakerState, BreakerState], None] | None = None,
+        on_breaker_change: Callable[[BackendState, BreakerState, BreakerState], None] | None = None,
     ) -> None:
         self.config = config
         self.id = config.id
@@ -99,7 +99,11 @@ class BackendState:
             recovery_timeout=cb.recovery_timeout,
             half_open_max_trials=cb.half_open_max_trials,
             name=config.id,
-            on_state_change=on_breaker_change,
+            on_state_change=(
+                None
+                if on_breaker_change is None
+                else lambda old, new: on_breaker_change(self, old, new)
+            ),
         )
         rc = pool_config.reconnect
         self.backoff = Backoff(
@@ -161,12 +165,15 @@ class BackendState:
 
     # -- passive signals ------------------------------------------------------
 
-    def record_connect_success(self) -> None:
+    def record_connect_success(self) -> bool:
+        """A connection opened; returns True if that ended an ejection."""
+        was_ejected = self.ejected_until > 0
         self.backoff.reset()
         self.retry_at = 0.0
         self.ejected_until = 0.0
         if self.breaker_enabled:
             self.breaker.record_success()
+        return was_ejected
 
     def record_failure(self, error: str, *, extra_backoff_steps: int = 0) -> None:
         """A connect failure or an abnormal close: blame the backend."""
@@ -178,9 +185,16 @@ class BackendState:
         self.ejected_until = self.retry_at
 
     def schedule_retry(self, *, extra_steps: int = 0) -> float:
-        """Delay the next replacement connection by the backoff policy."""
+        """Delay the next replacement connection by the backoff policy.
+
+        Within a delay already running, nothing escalates: twelve connections
+        reset at once are one event, not twelve backoff steps.
+        """
+        now = time.monotonic()
+        if self.retry_at > now:
+            return self.retry_at - now
         delay = self.backoff.next_delay(extra_steps=extra_steps)
-        self.retry_at = time.monotonic() + delay
+        self.retry_at = now + delay
         return delay
 
     def record_close(self, code: int | None, reason: str) -> bool:

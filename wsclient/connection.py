@@ -172,6 +172,7 @@ class _Link:
         "close_code",
         "close_reason",
         "created_at",
+        "dirty",
         "expires_at",
         "generation",
         "id",
@@ -185,6 +186,7 @@ class _Link:
         "pong_waiters",
         "pool_backend",
         "read_queued",
+        "reading",
         "state",
         "url",
         "ws",
@@ -219,6 +221,12 @@ class _Link:
         self.client_initiated = False
         self.pool_backend: Any = None
         self.read_queued = False
+        # A lessee's receive() is in progress (releasing now would hand the
+        # socket over while it is still being read).
+        self.reading = False
+        # The last receive() timed out or was cancelled: a reply may still come
+        # and must not reach another lessee.
+        self.dirty = False
 
     # -- state ---------------------------------------------------------------
 
@@ -283,6 +291,8 @@ class _Link:
             return
         exc = task.exception()
         if exc is not None:
+            if isinstance(exc, RuntimeError):  # aiohttp: a concurrent read, i.e. misuse
+                self.client_initiated = True
             self.mark_closed(CloseCode.ABNORMAL_CLOSURE, f"read failed: {exc!r}")
             return
         msg = task.result()
@@ -321,8 +331,8 @@ class _Link:
         self._idle = True
         self.start_idle_read()
         try:
-            await self.ws.ping(payload)
             async with asyncio.timeout(timeout):
+                await self.ws.ping(payload)  # may block on a stalled peer's full buffer
                 await waiter
         except (TimeoutError, ConnectionError, aiohttp.ClientError):
             return False
@@ -584,38 +594,47 @@ class Connection:
         """The next data message. A timeout raises ``TimeoutError``; the connection stays usable."""
         link = self._checked()
         deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            if link.pending is not None:
-                msg = await link.take_pending(_remaining(deadline))
-            elif link.state is not ConnectionState.OPEN:
-                raise link.closed_error()
-            elif deadline is None:
-                try:
-                    msg = await link.ws.receive()
-                except asyncio.CancelledError:
-                    _undo_abnormal_mark(link.ws)
-                    raise
-            else:
-                try:
-                    async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
+        link.reading = True
+        try:
+            while True:
+                if link.pending is not None:
+                    msg = await link.take_pending(_remaining(deadline))
+                elif link.state is not ConnectionState.OPEN:
+                    raise link.closed_error()
+                elif deadline is None:
+                    try:
                         msg = await link.ws.receive()
-                except TimeoutError:
-                    _undo_abnormal_mark(link.ws)
-                    raise TimeoutError(f"no message within {timeout} s") from None
-                except asyncio.CancelledError:
-                    _undo_abnormal_mark(link.ws)
-                    raise
-            kind = msg.type
-            if kind is WSMsgType.TEXT:
-                return Message(MessageType.TEXT, msg.data)
-            if kind is WSMsgType.BINARY:
-                return Message(MessageType.BINARY, msg.data)
-            if kind is WSMsgType.PING:
-                await link.ws.pong(msg.data)
-            elif kind is WSMsgType.PONG:
-                link.got_pong(msg.data)
-            else:
-                raise link.absorb_close(msg)
+                    except asyncio.CancelledError:
+                        _undo_abnormal_mark(link.ws)
+                        raise
+                else:
+                    try:
+                        async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
+                            msg = await link.ws.receive()
+                    except TimeoutError:
+                        _undo_abnormal_mark(link.ws)
+                        raise TimeoutError(f"no message within {timeout} s") from None
+                    except asyncio.CancelledError:
+                        _undo_abnormal_mark(link.ws)
+                        raise
+                kind = msg.type
+                if kind is WSMsgType.TEXT:
+                    link.dirty = False
+                    return Message(MessageType.TEXT, msg.data)
+                if kind is WSMsgType.BINARY:
+                    link.dirty = False
+                    return Message(MessageType.BINARY, msg.data)
+                if kind is WSMsgType.PING:
+                    await link.ws.pong(msg.data)
+                elif kind is WSMsgType.PONG:
+                    link.got_pong(msg.data)
+                else:
+                    raise link.absorb_close(msg)
+        except (TimeoutError, asyncio.CancelledError):
+            link.dirty = True  # a reply may still be on its way
+            raise
+        finally:
+            link.reading = False
 
     async def receive_text(self, timeout: float | None = None) -> str:
         message = await self.receive(timeout)

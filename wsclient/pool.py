@@ -203,12 +203,8 @@ class WebSocketPool:
             _warn(f"unclosed {self!r}: use 'async with' or await close()", ResourceWarning, 2)
 
     def _new_backend(self, backend: Backend) -> BackendState:
-        bid = backend.id
         return BackendState(
-            backend,
-            self.config,
-            self._defaults,
-            on_breaker_change=lambda old, new: self._on_breaker_change(bid, old, new),
+            backend, self.config, self._defaults, on_breaker_change=self._on_breaker_change
         )
 
     # ------------------------------------------------------------------ lifecycle
@@ -293,6 +289,10 @@ class WebSocketPool:
 
     async def _hard_close(self, code: int | None) -> None:
         try:
+            await self._health.stop()
+            if self._maintenance is not None:
+                self._maintenance.cancel()
+                await asyncio.wait((self._maintenance,))
             for link in list(self._leased):
                 self._orphans.add(link)
                 self._leased.discard(link)
@@ -382,6 +382,8 @@ class WebSocketPool:
     ) -> Connection:
         if self._state is not _State.RUNNING:
             self._raise_not_running()
+        if key is None and backend_id is None and self._balancer.requires_key:
+            self._pick(None)  # raises the ValueError that explains acquire(key=...)
         if backend_id is None and not self._waiters:
             backend = self._pick(key)
             link = self._take_idle(backend)
@@ -396,8 +398,11 @@ class WebSocketPool:
                     if remaining is not None and remaining <= 0:
                         self._put_back(link, link.pool_backend)
                         raise AcquireTimeoutError(f"no connection within {limit} s ({self!r})")
-                    if await self._validate(link, remaining):
+                    verdict = await self._validate(link, remaining)
+                    if verdict:
                         break
+                    if verdict is None:  # our budget ran out, not the link's patience
+                        raise AcquireTimeoutError(f"no connection within {limit} s ({self!r})")
                     if self._state is not _State.RUNNING:
                         self._raise_not_running()
                     link = self._take_idle(backend) or (None if key else self._take_any_idle())
@@ -431,9 +436,9 @@ class WebSocketPool:
         if self._state is not _State.RUNNING:
             self._raise_not_running()
         self._waiters.append(waiter)
-        self._serve(waiter)
         limit = self.config.acquire_timeout if timeout is None else timeout
         try:
+            self._serve(waiter)
             async with asyncio.timeout(limit):
                 link = await waiter.future
         except TimeoutError:
@@ -501,10 +506,15 @@ class WebSocketPool:
         link.pool_backend.active += 1
         self.stats["acquired"] += 1
 
-    async def _validate(self, link: _Link, remaining: float | None) -> bool:
-        """validate_on_checkout: a ping round trip before handing an idle link out."""
+    async def _validate(self, link: _Link, remaining: float | None) -> bool | None:
+        """validate_on_checkout: a ping round trip before handing an idle link out.
+
+        True: answered. False: no pong within heartbeat.timeout (retired). None:
+        the acquire's remaining time ran out first (the link goes back, unjudged).
+        """
         backend: BackendState = link.pool_backend
         limit = backend.options.heartbeat.timeout
+        budget_bound = remaining is not None and remaining < limit
         if remaining is not None:
             limit = min(limit, remaining)
         self._leased.add(link)  # reserved while validating, so counts stay whole
@@ -515,12 +525,20 @@ class WebSocketPool:
         finally:
             self._validating.discard(link)
             self._leased.discard(link)
-            if not ok or self._state is not _State.RUNNING:
+            undecided = (
+                not ok
+                and budget_bound
+                and link.state is ConnectionState.OPEN
+                and self._state is _State.RUNNING
+            )
+            if undecided:
+                self._put_back(link, backend)
+            elif not ok or self._state is not _State.RUNNING:
                 # Failed, cancelled mid-ping, or the pool began closing: never reuse it.
                 self._retire(link, code=CloseCode.NORMAL, reason="not validated")
             if not self._leased and self._all_returned is not None:
                 self._all_returned.set()
-        return ok
+        return None if undecided else ok
 
     # ------------------------------------------------------------------ waiters
 
@@ -538,8 +556,8 @@ class WebSocketPool:
             return
         if self._has_capacity():
             self._open_for(waiter)
-        elif waiter.backend_id is not None and not waiter.evicting:
-            waiter.evicting = self._evict_one_idle(excluding=waiter.backend_id)
+        elif not waiter.evicting:
+            waiter.evicting = self._evict_one_idle(waiter)
 
     def _idle_for(self, waiter: _Waiter) -> _Link | None:
         if waiter.backend_id is not None:
@@ -602,17 +620,30 @@ class WebSocketPool:
             elif not waiter.opening:
                 if self._has_capacity():
                     self._open_for(waiter)
-                elif waiter.backend_id is not None and not waiter.evicting:
-                    waiter.evicting = self._evict_one_idle(excluding=waiter.backend_id)
+                elif not waiter.evicting:
+                    waiter.evicting = self._evict_one_idle(waiter)
 
-    def _evict_one_idle(self, *, excluding: str) -> bool:
-        """Make room for a pinned waiter by closing an idle link elsewhere."""
-        for backend in self._backends.values():
-            if backend.id != excluding and backend.idle:
-                link = backend.idle.popleft()
-                self._idle_total -= 1
-                self._retire(link, code=CloseCode.NORMAL, reason="rebalancing", was_idle=False)
-                return True
+    def _evict_one_idle(self, waiter: _Waiter) -> bool:
+        """At capacity, close an idle link the waiter cannot use, to make room.
+
+        Idle links of backends out of rotation (ejected) go first; a pinned
+        waiter (ip-hash, broadcast) may also take room from any other backend.
+        """
+        eligible = set(self._eligible)
+        candidates = [b for b in self._backends.values() if b.idle and b not in eligible]
+        if waiter.backend_id is not None:
+            candidates += [
+                b
+                for b in self._backends.values()
+                if b.idle and b in eligible and b.id != waiter.backend_id
+            ]
+        for backend in candidates:
+            if backend.id == waiter.backend_id:
+                continue
+            link = backend.idle.popleft()
+            self._idle_total -= 1
+            self._retire(link, code=CloseCode.NORMAL, reason="making room", was_idle=False)
+            return True
         return False
 
     # ------------------------------------------------------------------ release
@@ -642,6 +673,17 @@ class WebSocketPool:
         self._leased.discard(link)
         backend: BackendState = link.pool_backend
         backend.active -= 1
+        if link.reading or link.dirty:
+            # A receive() still running, or one that timed out with its reply
+            # possibly still coming: reusing the socket could hand that reply to
+            # the next lessee. Closing it is the caller's doing, not the backend's.
+            link.client_initiated = True
+            self._retire(link, code=CloseCode.NORMAL, reason="released with a read outstanding")
+            if backend.removed:
+                self._forget_if_drained(backend)
+            if not self._leased and self._all_returned is not None:
+                self._all_returned.set()
+            return
         self._put_back(link, backend)
         if backend.removed:
             self._forget_if_drained(backend)
@@ -686,7 +728,10 @@ class WebSocketPool:
             self._read_scheduled = True
             asyncio.get_running_loop().call_soon(self._start_idle_reads)
         timeout = self._idle_timeout
-        if timeout is not None and link.last_used + timeout < self._maintenance_due:
+        due = self._maintenance_due
+        if (timeout is not None and link.last_used + timeout < due) or (
+            link.expires_at is not None and link.expires_at < due
+        ):
             self._wake()  # rare: only when this deadline is the earliest one
         if self._waiters:
             self._dispatch()
@@ -769,10 +814,13 @@ class WebSocketPool:
         backend.links.add(link)
         self._links.add(link)
         self.stats["opened"] += 1
-        backend.record_connect_success()
+        if backend.record_connect_success():
+            self._schedule_refresh()  # its ejection ended early: back into rotation
         self._events.emit(ev.CONNECTION_OPEN, backend.id, link.id)
 
     def _open_failed(self, backend: BackendState, waiter: _Waiter | None, exc: Exception) -> None:
+        if backend.removed:
+            self._forget_if_drained(backend)
         if isinstance(exc, ConnectError):
             self.stats["open_failures"] += 1
             backend.record_failure(exc.reason)
@@ -893,7 +941,9 @@ class WebSocketPool:
             if any(until <= now for until in ejected):
                 self._refresh_eligibility()  # an ejection ended: back into rotation
             due.extend(until for until in ejected if until > now)
-            if any(b.recovered_at is not None for b in self._backends.values()):
+            for backend in self._backends.values():
+                _ = backend.weight  # reading it ends a finished ramp
+            if any(b.recovered_at is not None and b.in_rotation for b in self._backends.values()):
                 self._refresh_eligibility()  # slow start: weights are still ramping
                 due.append(now + (self.config.slow_start or 1.0) / 10)
             delay = min(60.0, max(0.005, min(due) - now))
@@ -995,16 +1045,18 @@ class WebSocketPool:
         self._refresh_scheduled = True
         asyncio.get_running_loop().call_soon(self._refresh_eligibility)
 
-    def _on_breaker_change(self, backend_id: str, old: BreakerState, new: BreakerState) -> None:
+    def _on_breaker_change(
+        self, backend: BackendState, old: BreakerState, new: BreakerState
+    ) -> None:
         event = {
             "open": ev.BREAKER_OPEN,
             "half-open": ev.BREAKER_HALF_OPEN,
             "closed": ev.BREAKER_CLOSED,
         }[new]
+        backend_id = backend.id
         logger.info("backend %s breaker %s -> %s", backend_id, old, new)
         self._events.emit(event, backend_id)
-        backend = self._backends.get(backend_id)
-        if self._state is not _State.RUNNING or backend is None:
+        if self._state is not _State.RUNNING or self._backends.get(backend_id) is not backend:
             return
         handle = self._breaker_timers.pop(backend_id, None)
         if handle is not None:
@@ -1135,7 +1187,11 @@ class WebSocketPool:
         """
         if self._state is not _State.RUNNING:
             self._raise_not_running()
-        targets = [b for b in self._eligible if filter is None or filter(b.config)]
+        targets = [
+            b
+            for b in self._backends.values()
+            if b.in_rotation and (filter is None or filter(b.config))
+        ]
 
         async def send_one(backend: BackendState) -> BaseException | None:
             try:
