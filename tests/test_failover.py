@@ -280,7 +280,7 @@ async def test_try_again_later_backs_off_longer(servers: list[BackendServer]) ->
     backend = pool._backends[servers[0].url]
     assert backend.record_close(1001, "going away") is False
     normal = backend.retry_at
-    backend.backoff.reset()
+    backend.record_connect_success()  # reconnected; the next close starts a new window
     assert backend.record_close(1013, "try again later") is False
     assert backend.retry_at > normal
     assert backend.breaker.failure_count == 0
