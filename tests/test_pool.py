@@ -446,11 +446,13 @@ async def test_receive_blocked_during_terminate_sees_connection_closed(
     """A lessee blocked in receive() when the pool terminates gets ConnectionClosedError."""
     pool = await make_pool(servers[:1], min_connections=1)
     conn = await pool.acquire()
+    link = conn._link
+    assert link is not None
     pool.release(conn)
-    await asyncio.sleep(0)  # let the idle read start, so the next lessee takes it over
+    await until(lambda: link.pending is not None)  # idle read started; the lessee takes it over
     conn = await pool.acquire()
     reader = asyncio.ensure_future(conn.receive())
-    await asyncio.sleep(0)
+    await until(lambda: link.reading)
     await pool.terminate()
     with pytest.raises(ConnectionClosedError):
         await asyncio.wait_for(reader, 5)
@@ -482,7 +484,9 @@ async def test_buffered_late_reply_never_reaches_a_waiting_lessee(
     await servers[0].wait_for_messages(1)
     waiting = asyncio.ensure_future(pool.acquire(timeout=5))
     await until(lambda: pool.waiting_count == 1)
-    await asyncio.sleep(0.1)  # A's reply is now sitting in the socket buffer
+    # Nothing public signals that A's reply has reached the client (aiohttp parks
+    # unread frames in its parser), so wait well past loopback delivery instead.
+    await asyncio.sleep(0.1)
     servers[0].set_reply_delay(0)
     pool.release(conn)
     other = await waiting  # a fresh connection, not A's
@@ -497,7 +501,7 @@ async def test_release_while_a_receive_is_still_running_is_safe(
     pool = await make_pool(servers[:1], min_connections=1, max_connections=1)
     conn = await pool.acquire()
     stray = asyncio.ensure_future(conn.receive())
-    await asyncio.sleep(0)  # the receive is now waiting on the socket
+    await until(lambda: conn._link is not None and conn._link.reading)
     pool.release(conn)
     async with pool.acquire(timeout=5) as other:
         await assert_echo(other, "mine")
@@ -586,7 +590,7 @@ async def test_close_while_validating_is_prompt_and_refuses_the_acquire(
     pool = await make_pool(servers[:1], min_connections=1, validate_on_checkout=True)
     servers[0].ignore_pings()
     acquiring = asyncio.ensure_future(pool.acquire())
-    await asyncio.sleep(0.01)  # let the validation ping go out
+    await until(lambda: bool(pool._validating))  # the validation ping is out
     loop = asyncio.get_running_loop()
     started = loop.time()
     await pool.close(timeout=5)

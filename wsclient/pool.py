@@ -382,8 +382,6 @@ class WebSocketPool:
     ) -> Connection:
         if self._state is not _State.RUNNING:
             self._raise_not_running()
-        if key is None and backend_id is None and self._balancer.requires_key:
-            self._pick(None)  # raises the ValueError that explains acquire(key=...)
         if backend_id is None and not self._waiters:
             backend = self._pick(key)
             link = self._take_idle(backend)
@@ -424,8 +422,8 @@ class WebSocketPool:
                 preferred=backend,
             )
         else:
-            if backend_id is None and key is not None:
-                backend_id = self._pick(key).id
+            if backend_id is None and (key is not None or self._balancer.requires_key):
+                backend_id = self._pick(key).id  # keyless ip-hash raises its ValueError here
             waiter = _Waiter(asyncio.get_running_loop().create_future(), backend_id, key)
         conn = await self._wait(waiter, timeout)
         if context is not None:
@@ -679,12 +677,8 @@ class WebSocketPool:
             # the next lessee. Closing it is the caller's doing, not the backend's.
             link.client_initiated = True
             self._retire(link, code=CloseCode.NORMAL, reason="released with a read outstanding")
-            if backend.removed:
-                self._forget_if_drained(backend)
-            if not self._leased and self._all_returned is not None:
-                self._all_returned.set()
-            return
-        self._put_back(link, backend)
+        else:
+            self._put_back(link, backend)
         if backend.removed:
             self._forget_if_drained(backend)
         if not self._leased and self._all_returned is not None:

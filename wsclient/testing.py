@@ -467,7 +467,29 @@ class _ServerConn:
     close_timer: asyncio.TimerHandle | None = None
 
 
-class _Endpoint:
+class _Service:
+    """``async with`` for everything here that has start() and stop()."""
+
+    async def start(self) -> None:
+        raise NotImplementedError
+
+    async def stop(self) -> None:
+        raise NotImplementedError
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+
+class _Endpoint(_Service):
     """Address properties shared by BackendServer and BackendProcess."""
 
     _host: str
@@ -641,18 +663,6 @@ class BackendServer(_Endpoint):
         await self.stop()
         self._clear_faults()
         await self.start()
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
 
     # -- addresses ---------------------------------------------------------------------
 
@@ -1308,18 +1318,6 @@ class BackendProcess(_Endpoint):
         """Alias of :meth:`restore`."""
         await self.restore()
 
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
-
     def _send(self, sig: signal.Signals) -> None:
         if not self.running:
             raise RuntimeError(f"{self!r} is not running")
@@ -1495,7 +1493,7 @@ class _ProxyConn:
                 _abort_transport(writer.transport, rst=rst)
 
 
-class FaultProxy:
+class FaultProxy(_Service):
     """A TCP proxy ``host:port -> target`` to cut, reset, slow down or throttle a path.
 
     Point the client at :meth:`url_for` instead of the backend.  Every control takes
@@ -1567,18 +1565,6 @@ class FaultProxy:
         for conn in list(self._conns):
             conn.abort(rst=False)
         await self._tasks.cancel_all()
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
 
     # -- addresses ---------------------------------------------------------------------
 
