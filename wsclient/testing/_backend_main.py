@@ -1,6 +1,6 @@
 """Child-process entry point of :class:`wsclient.testing.BackendProcess`.
 
-Run as ``python -m wsclient._backend_main --port N``: starts a
+Run as ``python -m wsclient.testing._backend_main --port N``: starts a
 :class:`~wsclient.testing.BackendServer` with its remote-control API enabled, prints
 ``READY <port>`` on standard output once it listens, and runs until ``SIGTERM``/``SIGINT``
 (or, with ``--exit-on-stdin-eof``, until its standard input is closed, i.e. the parent
@@ -33,7 +33,7 @@ class _EofWatcher(asyncio.Protocol):
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m wsclient._backend_main",
+        prog="python -m wsclient.testing._backend_main",
         description="WebSocket echo backend with fault injection (wsclient.testing).",
     )
     parser.add_argument("--host", default="127.0.0.1")

@@ -1167,7 +1167,7 @@ def _child_env() -> dict[str, str]:
 class BackendProcess(_Endpoint):
     """The :class:`BackendServer` running in a child process, to ``SIGKILL``/``SIGSTOP`` it.
 
-    The child is ``python -m wsclient._backend_main``; it reports ``READY <port>`` on its
+    The child is ``python -m wsclient.testing._backend_main``; it reports ``READY <port>`` on its
     standard output once listening, and :meth:`start` waits for that line.  Counters and
     faults go through a small HTTP API on the same port (``GET /_stats``, ``GET /_wait``,
     ``POST /_fault``), so those methods are coroutines and fail while the process is
@@ -1217,7 +1217,7 @@ class BackendProcess(_Endpoint):
         cmd = [
             sys.executable,
             "-m",
-            "wsclient._backend_main",
+            "wsclient.testing._backend_main",
             "--host",
             self._host,
             "--port",
