@@ -918,16 +918,17 @@ class ChaosRun:
             self.violation("size-over-max", repr(pool))
         if pool.active_count + pool.idle_count != pool.size:
             self.violation("size-mismatch", repr(pool))
-        if len(pool._waiters) > self.opts.workers:
+        if pool.waiting_count > self.opts.workers:
             self.violation(
                 "waiters-grow",
-                f"{len(pool._waiters)} waiter records for {self.opts.workers} workers",
+                f"{pool.waiting_count} waiters for {self.opts.workers} workers",
             )
         # A dead connection must not stay in the idle set (the idle reader sees the end).
         now = self.now()
         seen: set[str] = set()
-        for backend in pool._backends.values():
-            for link in backend.idle:
+        for backend in pool._core.backends.values():
+            for slot in backend.idle:
+                link = slot.link
                 if link.is_open:
                     continue
                 seen.add(link.id)
@@ -1121,12 +1122,12 @@ class ChaosRun:
         dead = sorted(link.id for link in pool._links if not link.is_open)
         if dead:
             return f"dead connections still counted by the pool: {dead}; {pool!r}"
-        if client == server and pool.connecting_count == 0 and pool._closing_links == 0:
+        if client == server and pool.connecting_count == 0 and pool._core.closing == 0:
             return ""
         return (
             f"pool sockets {len(client)} vs live server sockets {len(server)}: "
             f"{len(server - client)} unowned, {len(client - server)} unknown to the servers; "
-            f"{pool!r}, closing {pool._closing_links}"
+            f"{pool!r}, closing {pool._core.closing}"
         )
 
     async def _close(self, pool: WebSocketPool) -> None:
@@ -1178,12 +1179,13 @@ class ChaosRun:
     async def _check_no_leaks(self, pool: WebSocketPool, before: set[asyncio.Task[Any]]) -> None:
         if pool.size != 0 or pool.active_count or pool.idle_count or pool.connecting_count:
             self.violation("pool-not-empty", repr(pool))
-        if pool._links or pool._leased or pool._orphans or pool._tasks or pool._waiters:
+        core = pool._core
+        if pool._links or core.leased_total or core.closing or pool._tasks or core.waiting:
             self.violation(
                 "pool-state-after-close",
-                f"links {len(pool._links)}, leased {len(pool._leased)}, orphans "
-                f"{len(pool._orphans)}, tasks {sorted(t.get_name() for t in pool._tasks)}, "
-                f"waiters {len(pool._waiters)}",
+                f"links {len(pool._links)}, leased {core.leased_total}, closing "
+                f"{core.closing}, tasks {sorted(t.get_name() for t in pool._tasks)}, "
+                f"waiters {core.waiting}",
             )
         loop = asyncio.get_running_loop()
         deadline = loop.time() + 3.0
@@ -1224,16 +1226,13 @@ PROXY_KINDS = frozenset({"blackhole", "refuse_new", "latency", "throttle"})
 
 def _accounting(pool: WebSocketPool) -> str:
     """The pool's counters, spelled out for a violation message."""
+    core = pool._core
     per_backend = ", ".join(
-        f"{b.id}: active {b.active} idle {len(b.idle)} links {len(b.links)} connecting "
-        f"{b.connecting}"
-        for b in pool._backends.values()
+        f"{b.id}: active {b.active} idle {len(b.idle)} links {b.open_links} connecting "
+        f"{b.opening} closing {b.closing}"
+        for b in core.backends.values()
     )
-    return (
-        f"leased {len(pool._leased)}, idle_total {pool._idle_total}, connecting "
-        f"{pool._connecting}, closing {pool._closing_links}, links {len(pool._links)}, "
-        f"max {pool.config.max_connections}; {per_backend}"
-    )
+    return f"{core!r}, links {len(pool._links)}, max {pool.config.max_connections}; {per_backend}"
 
 
 def _coro_name(task: asyncio.Task[Any]) -> str:

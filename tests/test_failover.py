@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import statistics
+import time
 from collections import Counter
 from collections.abc import AsyncIterator
 from typing import Any
@@ -18,6 +19,7 @@ from wsclient import (
     WebSocketPool,
     WSClientError,
 )
+from wsclient.core import Slot, SlotState
 from wsclient.testing import BackendProcess, BackendServer
 
 from .conftest import FAST, PoolFactory, assert_echo, until
@@ -277,13 +279,18 @@ async def test_going_away_close_is_not_blamed_but_abnormal_is(
 async def test_try_again_later_backs_off_longer(servers: list[BackendServer]) -> None:
     """A 1013 close schedules the reconnect further out than a 1001 close."""
     pool = WebSocketPool(backends=[servers[0].url])
-    backend = pool._backends[servers[0].url]
-    assert backend.record_close(1001, "going away") is False
-    normal = backend.retry_at
-    backend.record_connect_success()  # reconnected; the next close starts a new window
-    assert backend.record_close(1013, "try again later") is False
-    assert backend.retry_at > normal
-    assert backend.breaker.failure_count == 0
+    core = pool._core
+    core.running = True
+    backend = core.backends[servers[0].url]
+    slot: Slot[Any] = Slot(backend, None, 0, 100.0)
+    slot.state = SlotState.LEASED
+    assert core.link_lost(slot, 1001, "going away", 100.0) is False
+    normal = backend.retry_at - 100.0
+    backend.retry_at = 0.0  # reconnected; the next close starts a new window
+    backend.backoff.reset()
+    assert core.link_lost(slot, 1013, "try again later", 100.0) is False
+    assert backend.retry_at - 100.0 > normal
+    assert pool._store.record(backend.id).breaker.failure_count == 0
 
 
 def test_many_clients_losing_a_backend_spread_their_reconnects() -> None:
@@ -291,7 +298,7 @@ def test_many_clients_losing_a_backend_spread_their_reconnects() -> None:
     delays = []
     for _ in range(200):
         pool = WebSocketPool(backends=["ws://127.0.0.1:9/ws"], reconnect={"initial_delay": 1.0})
-        backend = next(iter(pool._backends.values()))
+        backend = next(iter(pool._core.backends.values()))
         delays.append(backend.backoff.next_delay())
     assert min(delays) >= 0.8 and max(delays) <= 1.2
     # Uniform over [0.8, 1.2] puts ~5 in each 10 ms bucket; lockstep would put 200 in one.
@@ -467,10 +474,9 @@ async def test_no_healthy_backend_lists_each_state(servers: list[BackendServer])
     """NoHealthyBackendError names every backend with why it is out."""
     pool = WebSocketPool(backends=[Backend(id="only", url=servers[0].url)], **FAST)
     async with pool:
-        backend = pool._backends["only"]
         for _ in range(5):
-            backend.record_failure("refused")
-        pool._refresh_eligibility()
+            pool._core.backend_failed("only", "refused", time.monotonic())
+        pool._run()
         with pytest.raises(NoHealthyBackendError, match="only: breaker open") as info:
             await pool.acquire()
         assert "refused" in info.value.backends["only"]
@@ -498,7 +504,7 @@ async def test_a_failing_backend_is_ejected_at_once_but_never_the_last(
     assert status.ejected and status.breaker == "closed"
     await servers[1].restore()
     await until(lambda: not pool.health_status()["b1"].ejected, timeout=3)
-    await until(lambda: pool._eligible == list(pool._backends.values()))
+    await until(lambda: all(b.in_rotation for b in pool._core.backends.values()))
     seen = set()
     for _ in range(6):
         async with pool.acquire() as conn:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import Counter
 from functools import partial
 
@@ -765,11 +766,11 @@ async def test_an_open_that_succeeds_during_ejection_readmits_the_backend(
 ) -> None:
     """A successful connect ends an ejection and puts the backend back into rotation."""
     pool = await make_pool(servers[:2], min_connections=0, reconnect={"initial_delay": 30.0})
-    backend = pool._backends["b1"]
-    backend.record_failure("simulated")
-    pool._refresh_eligibility()
+    pool._core.backend_failed("b1", "simulated", time.monotonic())
+    pool._run()
     assert not pool.health_status()["b1"].eligible
-    await pool._start_open(backend, None)  # e.g. an open that was already in flight
+    pool._core._start_open(pool._core.backends["b1"], None)  # an open already in flight
+    pool._run()
     await until(lambda: pool.health_status()["b1"].eligible, timeout=2)
 
 
@@ -787,8 +788,8 @@ async def test_idle_links_of_an_ejected_backend_make_room_at_capacity(
     held = [await pool.acquire(), await pool.acquire()]
     on_b0 = next(c for c in held if c.backend_id == "b0")
     pool.release(next(c for c in held if c.backend_id == "b1"))  # b1: one idle link
-    pool._backends["b1"].record_failure("simulated")
-    pool._refresh_eligibility()
+    pool._core.backend_failed("b1", "simulated", time.monotonic())
+    pool._run()
     async with pool.acquire(timeout=2) as conn:
         assert conn.backend_id == "b0"
     pool.release(on_b0)
@@ -801,10 +802,11 @@ async def test_a_mass_close_is_one_backoff_step(
     pool = await make_pool(
         servers[:2], [5, 1], min_connections=6, circuit_breaker={"failure_threshold": 50}
     )
-    backend = pool._backends["b0"]
-    linked = len(backend.links)
+    backend = pool._core.backends["b0"]
+    breaker = pool._store.record("b0").breaker
+    linked = backend.open_links
     await servers[0].drop_all()
-    await until(lambda: backend.breaker.failure_count >= linked)
+    await until(lambda: breaker.failure_count >= linked)
     assert backend.backoff.attempts == 1
 
 
@@ -880,7 +882,7 @@ async def test_broadcast_includes_an_ejected_backend(
 ) -> None:
     """broadcast() reaches a healthy backend even while it is ejected."""
     pool = await make_pool(servers[:2], min_connections=2, reconnect={"initial_delay": 30.0})
-    pool._backends["b1"].record_failure("simulated")
-    pool._refresh_eligibility()
+    pool._core.backend_failed("b1", "simulated", time.monotonic())
+    pool._run()
     results = await pool.broadcast("to all")
     assert results == {"b0": None, "b1": None}

@@ -41,7 +41,7 @@ from wsclient.errors import (
     PoolMisuseError,
     WSClientError,
 )
-from wsclient.events import EVENTS
+from wsclient.event_names import EVENTS
 from wsclient.pool import WebSocketPool
 
 __version__ = "0.1.0"

@@ -19,16 +19,14 @@ import asyncio
 import logging
 import random
 import time
-from typing import TYPE_CHECKING, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import aiohttp
 from yarl import URL
 
+from wsclient.config import ConnectionOptions, HealthCheckConfig
 from wsclient.connection import _ssl_argument, auth_headers, describe_os_error
-
-if TYPE_CHECKING:
-    from wsclient.backend import BackendState
-    from wsclient.pool import WebSocketPool
 
 logger = logging.getLogger("wsclient.health")
 
@@ -49,22 +47,34 @@ def http_origin(ws_url: str) -> URL:
 
 
 class HealthChecker:
-    """Runs the probe loops of one pool and reports threshold crossings to it."""
+    """Runs one probe loop per watched backend and reports every result by callback.
 
-    def __init__(self, pool: WebSocketPool) -> None:
-        self._pool = pool
+    It knows nothing of the pool: ``on_result(backend_id, result)`` is where
+    thresholds are applied (the backend-state store), so a shared store can
+    take the same results from another process.
+    """
+
+    def __init__(
+        self,
+        config: HealthCheckConfig,
+        session: Callable[[], aiohttp.ClientSession],
+        on_result: Callable[[str, ProbeResult], None],
+    ) -> None:
+        self._config = config
+        self._session = session
+        self._on_result = on_result
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._rng = random.Random()
 
-    def watch(self, backend: BackendState) -> None:
-        if not self._pool.config.health_check.enabled or backend.id in self._tasks:
+    def watch(self, backend_id: str, url: str, options: ConnectionOptions) -> None:
+        if not self._config.enabled or backend_id in self._tasks:
             return
-        self._tasks[backend.id] = asyncio.get_running_loop().create_task(
-            self._loop(backend), name=f"wsclient-health-{backend.id}"
+        self._tasks[backend_id] = asyncio.get_running_loop().create_task(
+            self._loop(backend_id, url, options), name=f"wsclient-health-{backend_id}"
         )
 
-    async def unwatch(self, backend: BackendState) -> None:
-        task = self._tasks.pop(backend.id, None)
+    async def unwatch(self, backend_id: str) -> None:
+        task = self._tasks.pop(backend_id, None)
         if task is not None:
             task.cancel()
             await asyncio.wait((task,))
@@ -77,37 +87,46 @@ class HealthChecker:
         if tasks:
             await asyncio.wait(tasks)
 
-    async def _loop(self, backend: BackendState) -> None:
-        cfg = self._pool.config.health_check
+    async def _loop(self, backend_id: str, url: str, options: ConnectionOptions) -> None:
+        cfg = self._config
         # First probe at a random point of the first interval: spreads a fleet.
         await asyncio.sleep(cfg.interval * self._rng.uniform(0.0, 1.0))
         while True:
-            result = await self.probe(backend)
-            self.record(backend, result)
+            result = await self.probe(url, options)
+            try:
+                self._on_result(backend_id, result)
+            except Exception:  # a listener's bug must not end the probing for good
+                logger.exception("recording a probe result of %s failed", backend_id)
             await asyncio.sleep(cfg.interval * self._rng.uniform(1 - cfg.jitter, 1 + cfg.jitter))
 
-    async def probe(self, backend: BackendState) -> ProbeResult:
+    async def probe(self, url: str, options: ConnectionOptions) -> ProbeResult:
         """Run one probe; never raises (except cancellation)."""
-        cfg = self._pool.config.health_check
+        cfg = self._config
         started = time.perf_counter()
         try:
             async with asyncio.timeout(cfg.timeout):
                 if cfg.path is not None:
-                    result = await self._probe_http(backend, cfg.path)
+                    result = await self._probe_http(url, options, cfg.path)
                 else:
-                    result = await self._probe_ws(backend)
+                    result = await self._probe_ws(url, options)
         except TimeoutError:
             return ProbeResult(False, None, f"probe timed out after {cfg.timeout} s")
         except (aiohttp.ClientError, OSError) as exc:
             return ProbeResult(False, None, _describe(exc))
+        except Exception as exc:
+            # An auth provider (or anything else) raising is a failed probe, not
+            # the end of the loop; its message may quote credentials, so only
+            # the type is kept.
+            return ProbeResult(False, None, f"probe failed: {type(exc).__name__}")
         if result is not None:
             return result
         return ProbeResult(True, (time.perf_counter() - started) * 1000.0, None)
 
-    async def _probe_http(self, backend: BackendState, path: str) -> ProbeResult | None:
-        session = self._pool._session
-        url = http_origin(backend.url).with_path(path)
-        async with session.get(url, ssl=_ssl_argument(backend.options.ssl)) as response:
+    async def _probe_http(
+        self, ws_url: str, options: ConnectionOptions, path: str
+    ) -> ProbeResult | None:
+        url = http_origin(ws_url).with_path(path)
+        async with self._session().get(url, ssl=_ssl_argument(options.ssl)) as response:
             await response.read()
             if 200 <= response.status < 300:
                 return None
@@ -118,12 +137,10 @@ class HealthChecker:
                 conclusive=response.status == 503,
             )
 
-    async def _probe_ws(self, backend: BackendState) -> ProbeResult | None:
-        options = backend.options
+    async def _probe_ws(self, url: str, options: ConnectionOptions) -> ProbeResult | None:
         headers = {**options.headers, **await auth_headers(options.auth)}
-        session = self._pool._session
-        async with session.ws_connect(
-            backend.url,
+        async with self._session().ws_connect(
+            url,
             headers=headers,
             protocols=options.protocols,
             ssl=_ssl_argument(options.ssl),
@@ -144,29 +161,6 @@ class HealthChecker:
                 return ProbeResult(
                     False, None, f"WebSocket probe: connection ended ({msg.type.name})"
                 )
-
-    def record(self, backend: BackendState, result: ProbeResult) -> None:
-        """Apply one probe result; tell the pool when a threshold is crossed."""
-        cfg = self._pool.config.health_check
-        backend.last_check = time.time()
-        if result.ok:
-            backend.latency_ms = result.latency_ms
-            backend.probe_failures = 0
-            backend.probe_successes += 1
-            if not backend.healthy and backend.probe_successes >= cfg.healthy_threshold:
-                backend.healthy = True
-                logger.info("backend %s is healthy again", backend.id)
-                self._pool._on_health_change(backend, True, None)
-            return
-        backend.probe_successes = 0
-        backend.probe_failures += 1
-        backend.last_error = result.error
-        if backend.healthy and (
-            result.conclusive or backend.probe_failures >= cfg.unhealthy_threshold
-        ):
-            backend.healthy = False
-            logger.warning("backend %s is unhealthy: %s", backend.id, result.error)
-            self._pool._on_health_change(backend, False, result.error)
 
 
 def _describe(exc: BaseException) -> str:

@@ -1,18 +1,16 @@
-"""``WebSocketPool``: leases, the warm set, balancing, failover, lifecycle.
+"""``WebSocketPool``: the public API, and the shell that carries out the core's effects.
 
-How the pool decides (the httpcore model): all state is a few collections
-(links per backend, idle deques, leased set, a FIFO of waiters) and every
-decision is a synchronous method that changes them and *starts* whatever I/O
-follows (opening or closing a link) as a tracked task. Nothing awaits while
-holding a half-made decision, so there is no lock and cancellation at any
-await leaves the state consistent.
+Every decision is made by ``PoolCore`` (``core.py``), synchronously and
+without I/O. This module turns the application's calls and the network's
+outcomes into core calls, then runs the effects the core returned: connect
+attempts and closes as tracked tasks, hand-overs as future results, events
+after the step (so listeners always see consistent state). Nothing awaits
+while a decision is half made, so there is no lock, and cancellation at any
+await leaves the state whole.
 
-The hot path, ``acquire`` with an idle link on the picked backend, is one
-balancer pick, one deque pop, one handle allocation and no task switch.
-
-Accounting invariants (checked by the chaos suite):
-``size == active_count + idle_count`` and
-``size + connecting + closing <= max_connections``.
+A pool belongs to the event loop (and thread) that started it: calls from
+another thread or loop are refused with ``PoolMisuseError`` before they touch
+anything.
 """
 
 from __future__ import annotations
@@ -21,18 +19,17 @@ import asyncio
 import contextlib
 import enum
 import logging
-import random
+import math
+import threading
 import time
 import warnings
-from collections import deque
-from collections.abc import Callable, Coroutine, Generator, Mapping
-from typing import Any, cast
+from collections.abc import Callable, Coroutine, Generator, Iterable, Mapping
+from typing import Any
 
-from wsclient import events as ev
-from wsclient.backend import BackendHealth, BackendState, weighted_targets
+from wsclient import event_names as ev
+from wsclient.backend import BackendHealth
 from wsclient.balancers import create_balancer
-from wsclient.breaker import BreakerState
-from wsclient.config import Backend, PoolConfig
+from wsclient.config import Backend, ConnectionOptions, PoolConfig
 from wsclient.connection import (
     WS_CLOSED,
     CloseCode,
@@ -44,15 +41,31 @@ from wsclient.connection import (
     new_session,
     open_link,
 )
+from wsclient.core import (
+    Close,
+    CoreBackend,
+    Drained,
+    Emit,
+    Fail,
+    Hand,
+    Open,
+    Park,
+    PoolCore,
+    Slot,
+    SlotState,
+    Ticket,
+    Waiter,
+)
 from wsclient.errors import (
     AcquireTimeoutError,
     ConnectError,
-    NoHealthyBackendError,
     PoolClosedError,
     PoolMisuseError,
     WSClientError,
 )
-from wsclient.health import HealthChecker
+from wsclient.events import EventEmitter
+from wsclient.health import HealthChecker, ProbeResult
+from wsclient.state import LocalStateStore
 
 logger = logging.getLogger("wsclient.pool")
 
@@ -64,56 +77,38 @@ class _State(enum.Enum):
     CLOSED = "closed"
 
 
-class _NotAdmitted(Exception):
-    """The backend's half-open breaker has no trial slot left."""
+def _link_ok(link: _Link) -> bool:
+    return link.state is ConnectionState.OPEN and not link.ws.closed
 
 
-class _Waiter:
-    """One acquire waiting for a link; ``backend_id`` pins it (ip-hash, broadcast)."""
+class _AcquireContext(Coroutine[Any, Any, Connection]):
+    """What ``pool.acquire()`` returns: a coroutine (``await`` it, or hand it to
+    ``asyncio.create_task``) that is also an async context manager."""
 
-    __slots__ = ("backend_id", "evicting", "future", "key", "opening", "preferred", "tried")
-
-    def __init__(
-        self,
-        future: asyncio.Future[_Link],
-        backend_id: str | None,
-        key: str | None,
-        preferred: BackendState | None = None,
-    ):
-        self.future = future
-        self.backend_id = backend_id
-        self.key = key
-        # The balancer's pick for this acquire: with capacity to spare, open
-        # there rather than borrow an idle link elsewhere, so shares follow weights.
-        self.preferred = preferred
-        self.opening = False
-        self.evicting = False
-        self.tried: set[str] = set()
-
-    def accepts(self, backend_id: str) -> bool:
-        return self.backend_id is None or self.backend_id == backend_id
-
-
-class _AcquireContext:
-    """What ``pool.acquire()`` returns: ``await`` it, or use it with ``async with``."""
-
-    __slots__ = ("_backend_id", "_conn", "_key", "_pool", "_timeout")
+    __slots__ = ("_conn", "_coro", "_pool")
 
     def __init__(
-        self, pool: WebSocketPool, key: str | None, timeout: float | None, backend_id: str | None
+        self, pool: WebSocketPool, key: str | None, timeout: float | None, pinned: str | None
     ) -> None:
         self._pool = pool
-        self._key = key
-        self._timeout = timeout
-        self._backend_id = backend_id
         self._conn: Connection | None = None
+        self._coro = pool._acquire(key, timeout, pinned, self)
+
+    def send(self, value: Any) -> Any:
+        return self._coro.send(value)
+
+    def throw(self, *args: Any) -> Any:
+        return self._coro.throw(*args)
+
+    def close(self) -> None:
+        self._coro.close()
 
     def __await__(self) -> Generator[Any, None, Connection]:
-        return self._pool._acquire(self._key, self._timeout, self._backend_id).__await__()
+        return self._coro.__await__()
 
     # Plain methods returning awaitables: one coroutine frame fewer per lease.
     def __aenter__(self) -> Coroutine[Any, Any, Connection]:
-        return self._pool._acquire(self._key, self._timeout, self._backend_id, self)
+        return self._coro
 
     def __aexit__(self, *exc_info: object) -> _Ready:
         conn, self._conn = self._conn, None
@@ -157,55 +152,137 @@ class WebSocketPool:
             )
         self.config = cfg
         self._validate_on_checkout = cfg.validate_on_checkout
-        self._idle_timeout = cfg.idle_timeout
         self._defaults = cfg.connection_defaults()
-        self._backends: dict[str, BackendState] = {}
-        self._balancer = create_balancer(cfg.load_balancing)
-        self._eligible: list[BackendState] = []
-        self._panic = False
-        self._waiters: deque[_Waiter] = deque()
-        self._links: set[_Link] = set()
-        self._leased: set[_Link] = set()
-        self._orphans: set[_Link] = set()
-        self._idle_total = 0
-        self._connecting = 0
-        self._closing_links = 0
-        self._generation = 0
+        self._store = LocalStateStore(cfg.circuit_breaker, cfg.health_check)
+        self._store.listener = self._on_store_event
+        self._core: PoolCore[_Link] = PoolCore(
+            cfg, self._store, create_balancer(cfg.load_balancing), link_ok=_link_ok
+        )
+        self._configs: dict[str, Backend] = {}
+        self._options: dict[str, ConnectionOptions] = {}
+        self._links: set[_Link] = set()  # every link open or closing, for shutdown
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._events = ev.EventEmitter()
+        self._events = EventEmitter()
+        self._pending_events: list[tuple[str, tuple[Any, ...]]] = []
+        self._in_step = False
         self._state = _State.NEW
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread = 0
         self._session: Any = None
         self._wakeup: asyncio.Event | None = None
+        self._sleep_until = math.inf
         self._all_returned: asyncio.Event | None = None
         self._maintenance: asyncio.Task[None] | None = None
         self._closed = asyncio.Event()
-        self._maintenance_due = 0.0
         self._terminating = False
-        self._validating: set[_Link] = set()
+        self._drained: dict[str, asyncio.Event] = {}
+        self._validating: set[_Link] = set()  # links whose checkout ping is out
         self._to_read: list[_Link] = []
         self._read_scheduled = False
-        self._refresh_scheduled = False
         self._breaker_timers: dict[str, asyncio.TimerHandle] = {}
-        self._health = HealthChecker(self)
-        self._rng = random.Random()
-        self.stats: dict[str, int] = {
-            "acquired": 0,
-            "opened": 0,
-            "open_failures": 0,
-            "closed": 0,
-            "idle_messages": 0,
-        }
+        self._health = HealthChecker(cfg.health_check, lambda: self._session, self._on_probe)
+        self._idle_messages = 0
+        now = time.monotonic()
         for backend in cfg.backends:
-            self._backends[backend.id] = self._new_backend(backend)
+            self._register(backend, now)
 
     def __del__(self, _warn: Callable[..., None] = warnings.warn) -> None:
         if getattr(self, "_state", None) is _State.RUNNING:
             _warn(f"unclosed {self!r}: use 'async with' or await close()", ResourceWarning, 2)
 
-    def _new_backend(self, backend: Backend) -> BackendState:
-        return BackendState(
-            backend, self.config, self._defaults, on_breaker_change=self._on_breaker_change
+    def _register(self, backend: Backend, now: float) -> CoreBackend:
+        b = self._core.add_backend(backend.id, backend.weight, now)
+        self._configs[backend.id] = backend
+        self._options[backend.id] = backend.connection_options(self._defaults)
+        return b
+
+    # ------------------------------------------------------------------ the step
+
+    def _run(self) -> None:
+        """Carry out the core's effects, then deliver the events they caused."""
+        if self._in_step:
+            return  # a listener called back into the pool: the outer loop continues
+        self._in_step = True
+        try:
+            core = self._core
+            while core.effects or self._pending_events:
+                while core.effects:
+                    effects, core.effects = core.effects, []
+                    for effect in effects:
+                        self._carry_out(effect)
+                if self._pending_events:
+                    events, self._pending_events = self._pending_events, []
+                    for event, args in events:
+                        self._events.emit(event, *args)
+        finally:
+            self._in_step = False
+        if self._core.due < self._sleep_until and self._wakeup is not None:
+            self._wakeup.set()
+
+    def _carry_out(self, effect: Any) -> None:
+        if type(effect) is Park:
+            self._park(effect.slot.link)
+        elif type(effect) is Hand:
+            self._hand(effect.waiter, effect.slot)
+        elif type(effect) is Open:
+            self._start_open(effect.ticket)
+        elif type(effect) is Close:
+            self._start_close(effect.slot, effect.code, effect.reason)
+        elif type(effect) is Fail:
+            future = effect.waiter.handle
+            if future is not None and not future.done():
+                future.set_exception(effect.error)
+        elif type(effect) is Emit:
+            self._queue_event(effect)
+        elif type(effect) is Drained:
+            drained = self._drained.get(effect.backend_id)
+            if drained is not None:
+                drained.set()
+        else:  # pragma: no cover - the Effect union is closed
+            raise AssertionError(f"unknown effect {effect!r}")
+
+    def _queue_event(self, effect: Emit) -> None:
+        args = effect.args
+        if effect.event in (ev.CONNECTION_OPEN, ev.CONNECTION_CLOSED):
+            slot: Slot[_Link] = args[1]
+            args = (args[0], slot.link.id, *args[2:])
+        self._pending_events.append((effect.event, args))
+
+    def _on_store_event(self, backend_id: str, event: str, args: tuple[Any, ...]) -> None:
+        """A store transition; may fire inside a core call, so it only queues and schedules."""
+        logger.info(
+            "backend %s: %s%s",
+            backend_id,
+            event,
+            f" ({args[-1]})" if event in (ev.BACKEND_UNHEALTHY, ev.BACKEND_EJECTED) else "",
+            extra={"backend_id": backend_id, "event": event},
         )
+        self._pending_events.append((event, (backend_id, *args)))
+        if event == ev.BREAKER_OPEN and self._state is _State.RUNNING:
+            handle = self._breaker_timers.pop(backend_id, None)
+            if handle is not None:
+                handle.cancel()
+            # The breaker turns half-open lazily, when read; read it on time.
+            remaining = self._store.record(backend_id).breaker.remaining_open_time
+            self._breaker_timers[backend_id] = asyncio.get_running_loop().call_later(
+                remaining + 0.001, self._poke_breaker, backend_id
+            )
+
+    def _poke_breaker(self, backend_id: str) -> None:
+        self._breaker_timers.pop(backend_id, None)
+        if backend_id in self._core.backends and self._state is _State.RUNNING:
+            _ = self._store.record(backend_id).breaker_state  # fires open -> half-open
+            self._core.refresh(backend_id, time.monotonic())
+            self._run()
+
+    def _on_probe(self, backend_id: str, result: ProbeResult) -> None:
+        if self._state is not _State.RUNNING or backend_id not in self._core.backends:
+            return
+        self._store.probe_result(
+            backend_id, result.ok, result.latency_ms, result.error, conclusive=result.conclusive
+        )
+        self._core.refresh(backend_id, time.monotonic())
+        self._run()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -215,19 +292,33 @@ class WebSocketPool:
             if self._state is _State.RUNNING:
                 return
             raise PoolClosedError("this pool is closed; create a new one")
+        self._loop = asyncio.get_running_loop()
+        self._thread = threading.get_ident()
         self._session = new_session()
         self._wakeup = asyncio.Event()
         self._all_returned = asyncio.Event()
         self._state = _State.RUNNING
-        self._refresh_eligibility()
-        for backend in self._backends.values():
-            self._health.watch(backend)
-        warm = self._refill(time.monotonic())
-        if warm:
-            await asyncio.wait(warm)
-        self._maintenance = asyncio.get_running_loop().create_task(
-            self._maintain(), name="wsclient-pool-maintenance"
-        )
+        try:
+            self._core.start(time.monotonic())
+            warm = [t for t in self._tasks if t.get_name().startswith("wsclient-open")]
+            self._run()
+            for backend_id in list(self._core.backends):
+                self._watch(backend_id)
+            self._maintenance = self._loop.create_task(
+                self._maintain(), name="wsclient-pool-maintenance"
+            )
+            warm = [t for t in self._tasks if t.get_name().startswith("wsclient-open")]
+            if warm:
+                await asyncio.wait(warm)
+        except BaseException:
+            # Cancelled (a timeout around ``async with pool``, say): nothing may
+            # keep running, so the pool closes for good before re-raising.
+            await self._shutdown(wait_for_leases=0.0, code=None)
+            raise
+
+    def _watch(self, backend_id: str) -> None:
+        config = self._configs[backend_id]
+        self._health.watch(backend_id, config.url, self._options[backend_id])
 
     async def __aenter__(self) -> WebSocketPool:
         await self.start()
@@ -251,26 +342,27 @@ class WebSocketPool:
         if self._state in (_State.CLOSING, _State.CLOSED):
             if code is None and self._all_returned is not None:
                 self._all_returned.set()
-            await self._closed.wait()
+            if self._state is _State.CLOSING:
+                await self._closed.wait()
+            return
+        if self._state is _State.NEW:
+            self._state = _State.CLOSED
+            self._closed.set()
             return
         self._state = _State.CLOSING
-        for waiter in self._waiters:
-            if not waiter.future.done():
-                waiter.future.set_exception(PoolClosedError("the pool is closing"))
-        self._waiters.clear()
+        self._core.stop(PoolClosedError("the pool is closing"))
+        self._run()
         for handle in self._breaker_timers.values():
             handle.cancel()
         self._breaker_timers.clear()
+        for drained in self._drained.values():
+            drained.set()  # a remove_backend() waiting to drain stops waiting
+        for link in list(self._validating):
+            link.drop()  # ends its pong wait: the acquire sees the pool closing
         try:
             await self._health.stop()
-            if self._maintenance is not None:
-                self._maintenance.cancel()
-                await asyncio.wait((self._maintenance,))
-            for backend in self._backends.values():
-                self._retire_idle(backend, code, "pool closing")
-            for link in list(self._validating):
-                self._retire(link, code=None, reason="pool closing")  # ends its pong wait
-            if self._leased and wait_for_leases > 0 and self._all_returned is not None:
+            await self._stop_maintenance()
+            if self._core.leased_total and wait_for_leases > 0 and self._all_returned is not None:
                 self._all_returned.clear()
                 if self._terminating:
                     self._all_returned.set()
@@ -280,28 +372,31 @@ class WebSocketPool:
                 except TimeoutError:
                     logger.warning(
                         "close(): %d connection(s) still leased after %s s; closing them",
-                        len(self._leased),
+                        self._core.leased_total,
                         wait_for_leases,
                     )
         finally:
             # Reached on cancellation too: a cancelled close() still closes everything.
             await self._hard_close(code)
 
+    async def _stop_maintenance(self) -> None:
+        if self._maintenance is not None:
+            self._maintenance.cancel()
+            await asyncio.wait((self._maintenance,))
+
     async def _hard_close(self, code: int | None) -> None:
         try:
             await self._health.stop()
-            if self._maintenance is not None:
-                self._maintenance.cancel()
-                await asyncio.wait((self._maintenance,))
-            for link in list(self._leased):
-                self._orphans.add(link)
-                self._leased.discard(link)
-                if link not in self._validating:  # a validation was never counted active
-                    link.pool_backend.active -= 1
-                self._retire(link, code=code, reason="pool closing")
-            for backend in self._backends.values():
-                self._retire_idle(backend, code, "pool closing")
-            # Opens still in flight are cancelled; their tasks clean up after themselves.
+            await self._stop_maintenance()
+            now = time.monotonic()
+            for link in list(self._links):
+                slot: Slot[_Link] = link.pool_backend
+                if slot.state is SlotState.LEASED:
+                    # The lessee sees it closed; its later release() is a no-op.
+                    self._core.release(slot, False, now)
+            self._core.stop(PoolClosedError("the pool is closed"))
+            self._run()
+            # Connect attempts still in flight are cancelled; they clean up after themselves.
             for task in list(self._tasks):
                 if task.get_name().startswith("wsclient-open"):
                     task.cancel()
@@ -324,43 +419,44 @@ class WebSocketPool:
     @property
     def active_count(self) -> int:
         """Connections leased to the application."""
-        return len(self._leased)
+        return self._core.leased_total
 
     @property
     def idle_count(self) -> int:
         """Open connections waiting in the pool."""
-        return self._idle_total
+        return self._core.idle_total
 
     @property
     def waiting_count(self) -> int:
         """Acquires waiting for a connection."""
-        return sum(1 for w in self._waiters if not w.future.done())
+        return self._core.waiting
 
     @property
     def size(self) -> int:
         """Connections the pool holds (leased + idle)."""
-        return len(self._leased) + self._idle_total
+        return self._core.size
 
     @property
     def connecting_count(self) -> int:
-        return self._connecting
+        return self._core.opening
 
     @property
     def backends(self) -> list[Backend]:
-        return [b.config for b in self._backends.values() if not b.removed]
+        return [self._configs[b.id] for b in self._core.backends.values() if not b.removed]
+
+    @property
+    def stats(self) -> dict[str, int]:
+        return {**self._core.stats, "idle_messages": self._idle_messages}
 
     def __repr__(self) -> str:
+        core = self._core
+        live = sum(not b.removed for b in core.backends.values())
+        in_rotation = sum(b.in_rotation for b in core.backends.values())
         return (
-            f"<WebSocketPool [{self._state.value} | Requests: {self.active_count} active, "
-            f"{self.waiting_count} queued | Connections: {self.size} open, "
-            f"{self.idle_count} idle, {self._connecting} connecting | "
-            f"Backends: {len(self._eligible)}/{len(self._backends)} eligible]>"
-        )
-
-    def _has_capacity(self) -> bool:
-        return (
-            len(self._leased) + self._idle_total + self._connecting + self._closing_links
-            < self.config.max_connections
+            f"<WebSocketPool [{self._state.value} | Requests: {core.leased_total} active, "
+            f"{core.waiting} queued | Connections: {core.size} open, "
+            f"{core.idle_total} idle, {core.opening} connecting | "
+            f"Backends: {in_rotation}/{live} eligible]>"
         )
 
     # ------------------------------------------------------------------ acquire
@@ -369,280 +465,135 @@ class WebSocketPool:
         """Lease a connection: ``conn = await pool.acquire()`` or ``async with pool.acquire()``.
 
         ``key`` is the affinity key for ip-hash (client IP, user or session id).
-        ``timeout`` overrides ``acquire_timeout``.
+        ``timeout`` overrides ``acquire_timeout``; zero or less means "only a
+        connection that is free now".
         """
         return _AcquireContext(self, key, timeout, None)
+
+    def _check_caller(self) -> None:
+        if threading.get_ident() != self._thread:
+            raise PoolMisuseError(
+                "this pool belongs to another thread's event loop; call it from that loop "
+                "(asyncio.run_coroutine_threadsafe / loop.call_soon_threadsafe)"
+            )
 
     async def _acquire(
         self,
         key: str | None,
         timeout: float | None,
-        backend_id: str | None,
+        pinned: str | None,
         context: _AcquireContext | None = None,
     ) -> Connection:
         if self._state is not _State.RUNNING:
             self._raise_not_running()
-        if backend_id is None and not self._waiters:
-            backend = self._pick(key)
-            link = self._take_idle(backend)
-            if link is None and key is None and not self._has_capacity():
-                link = self._take_any_idle()
-            if link is not None and self._validate_on_checkout:
-                # Validation is part of the acquire: its pings share the acquire's deadline.
-                limit = self.config.acquire_timeout if timeout is None else timeout
-                deadline = None if limit is None else time.monotonic() + limit
-                while link is not None:
-                    remaining = None if deadline is None else deadline - time.monotonic()
-                    if remaining is not None and remaining <= 0:
-                        self._put_back(link, link.pool_backend)
-                        raise AcquireTimeoutError(f"no connection within {limit} s ({self!r})")
-                    verdict = await self._validate(link, remaining)
-                    if verdict:
-                        break
-                    if verdict is None:  # our budget ran out, not the link's patience
-                        raise AcquireTimeoutError(f"no connection within {limit} s ({self!r})")
-                    if self._state is not _State.RUNNING:
-                        self._raise_not_running()
-                    link = self._take_idle(backend) or (None if key else self._take_any_idle())
-                if deadline is not None:
-                    timeout = max(0.0, deadline - time.monotonic())
-            if link is not None:
-                if self._state is not _State.RUNNING:
-                    self._retire(link, code=CloseCode.GOING_AWAY, reason="pool closing")
-                    self._raise_not_running()
-                self._lease(link)
-                conn = Connection(link)
-                if context is not None:
-                    context._conn = conn
-                return conn
-            waiter = _Waiter(
-                asyncio.get_running_loop().create_future(),
-                backend.id if key is not None else None,
-                key,
-                preferred=backend,
-            )
-        else:
-            if backend_id is None and (key is not None or self._balancer.requires_key):
-                backend_id = self._pick(key).id  # keyless ip-hash raises its ValueError here
-            waiter = _Waiter(asyncio.get_running_loop().create_future(), backend_id, key)
-        conn = await self._wait(waiter, timeout)
+        if asyncio.get_running_loop() is not self._loop:
+            raise PoolMisuseError("this pool was started on another event loop")
+        if timeout is not None and timeout != timeout:
+            raise ValueError("acquire(timeout=nan): the timeout must be a number or None")
+        limit = self.config.acquire_timeout if timeout is None else timeout
+        deadline = None if limit is None else time.monotonic() + limit
+        while True:
+            if self._state is not _State.RUNNING:
+                self._raise_not_running()
+            core = self._core
+            result = core.acquire(key, pinned, time.monotonic())
+            if core.effects:
+                self._run()
+            if type(result) is Slot:
+                slot: Slot[_Link] = result
+                link = slot.link
+                # Only a link that sat idle is checked: one just opened, or just
+                # handed over by its previous lessee, was in use a moment ago.
+                if not self._validate_on_checkout or await self._validated(slot, limit, deadline):
+                    link.mark_leased()  # after the ping: its pong is read as if idle
+                    break
+            else:
+                assert isinstance(result, Waiter)
+                slot = await self._wait(result, limit, deadline)
+                link = slot.link
+                link.mark_leased()
+                break
+        conn = Connection(link)
         if context is not None:
             context._conn = conn
         return conn
 
-    async def _wait(self, waiter: _Waiter, timeout: float | None) -> Connection:
-        if self._state is not _State.RUNNING:
-            self._raise_not_running()
-        self._waiters.append(waiter)
-        limit = self.config.acquire_timeout if timeout is None else timeout
+    async def _wait(
+        self, waiter: Waiter, limit: float | None, deadline: float | None
+    ) -> Slot[_Link]:
+        assert self._loop is not None
+        future: asyncio.Future[Slot[_Link]] = self._loop.create_future()
+        waiter.handle = future
+        if waiter.done:  # failed while queueing (no backend left, say)
+            self._run()
         try:
-            self._serve(waiter)
-            async with asyncio.timeout(limit):
-                link = await waiter.future
+            if deadline is None:
+                return await future
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError
+            async with asyncio.timeout(remaining):
+                return await future
         except TimeoutError:
-            self._abandon(waiter)
+            if future.done() and not future.cancelled() and future.exception() is not None:
+                raise future.exception() from None  # type: ignore[misc]
+            self._abandon(waiter, future)
             raise AcquireTimeoutError(f"no connection within {limit} s ({self!r})") from None
         except BaseException:
-            self._abandon(waiter)
+            self._abandon(waiter, future)
             raise
-        return Connection(link)
 
-    def _abandon(self, waiter: _Waiter) -> None:
+    def _abandon(self, waiter: Waiter, future: asyncio.Future[Slot[_Link]]) -> None:
         """The acquiring task gave up (timeout, cancel): leak nothing."""
-        future = waiter.future
-        if not future.done():
+        if future.done() and not future.cancelled() and future.exception() is None:
+            # A link was handed to us in the same instant we gave up.
+            self._core.release(future.result(), True, time.monotonic())
+        else:
             future.cancel()
-        elif not future.cancelled() and future.exception() is None:
-            # A link was leased to us in the same instant we were cancelled.
-            self._return_lease(future.result())
-        with contextlib.suppress(ValueError):
-            self._waiters.remove(waiter)
+            self._core.cancel(waiter)
+        self._run()
+
+    async def _validated(
+        self, slot: Slot[_Link], limit: float | None, deadline: float | None
+    ) -> bool:
+        """validate_on_checkout: a ping round trip before handing a link out."""
+        link = slot.link
+        ping_limit = self._options[slot.backend.id].heartbeat.timeout
+        remaining = None if deadline is None else deadline - time.monotonic()
+        budget_bound = remaining is not None and remaining < ping_limit
+        if remaining is not None:
+            ping_limit = max(0.0, min(ping_limit, remaining))
+        ok = False
+        self._validating.add(link)
+        try:
+            ok = await link.roundtrip(timeout=ping_limit)
+        finally:
+            self._validating.discard(link)
+            if not ok:
+                # Our budget ran out first: the link is not to blame and goes back.
+                keep = budget_bound and _link_ok(link) and self._state is _State.RUNNING
+                self._core.release(slot, keep, time.monotonic())
+                self._run()
+                if keep:
+                    raise AcquireTimeoutError(f"no connection within {limit} s ({self!r})")
+        if ok and self._state is not _State.RUNNING:
+            self._core.release(slot, False, time.monotonic())
+            self._run()
+            self._raise_not_running()
+        return ok
+
+    def _hand(self, waiter: Waiter, slot: Slot[_Link]) -> None:
+        future = waiter.handle
+        if future is None or future.done():
+            # The acquirer gave up in the same instant: the link goes straight back.
+            self._core.release(slot, True, time.monotonic())
+            return
+        future.set_result(slot)
 
     def _raise_not_running(self) -> None:
         if self._state is _State.NEW:
             raise PoolMisuseError("the pool is not started: use 'async with pool' or await start()")
         raise PoolClosedError("the pool is closed")
-
-    def _pick(self, key: str | None) -> BackendState:
-        if self._balancer.requires_key and key is None:
-            raise ValueError(
-                f"load_balancing={self.config.load_balancing!r} needs an affinity key: "
-                "call acquire(key=...)"
-            )
-        if not self._eligible:
-            raise self._no_backend_error()
-        return cast(BackendState, self._balancer.pick(key))
-
-    def _no_backend_error(self) -> NoHealthyBackendError:
-        return NoHealthyBackendError({b.id: b.describe() for b in self._backends.values()})
-
-    def _take_idle(self, backend: BackendState) -> _Link | None:
-        idle = backend.idle
-        while idle:
-            link = idle.pop()  # LIFO: surplus connections age out at the other end
-            self._idle_total -= 1
-            if (
-                link.state is ConnectionState.OPEN
-                and link.generation == self._generation
-                and (link.expires_at is None or time.monotonic() < link.expires_at)
-            ):
-                return link
-            self._retire(link, code=CloseCode.NORMAL, reason="recycled", was_idle=False)
-        return None
-
-    def _take_any_idle(self) -> _Link | None:
-        for backend in self._eligible:
-            if backend.idle:
-                link = self._take_idle(backend)
-                if link is not None:
-                    return link
-        return None
-
-    def _lease(self, link: _Link) -> None:
-        link.mark_leased()
-        self._leased.add(link)
-        link.pool_backend.active += 1
-        self.stats["acquired"] += 1
-
-    async def _validate(self, link: _Link, remaining: float | None) -> bool | None:
-        """validate_on_checkout: a ping round trip before handing an idle link out.
-
-        True: answered. False: no pong within heartbeat.timeout (retired). None:
-        the acquire's remaining time ran out first (the link goes back, unjudged).
-        """
-        backend: BackendState = link.pool_backend
-        limit = backend.options.heartbeat.timeout
-        budget_bound = remaining is not None and remaining < limit
-        if remaining is not None:
-            limit = min(limit, remaining)
-        self._leased.add(link)  # reserved while validating, so counts stay whole
-        self._validating.add(link)
-        ok = False
-        try:
-            ok = await link.roundtrip(timeout=limit)
-        finally:
-            self._validating.discard(link)
-            self._leased.discard(link)
-            undecided = (
-                not ok
-                and budget_bound
-                and link.state is ConnectionState.OPEN
-                and self._state is _State.RUNNING
-            )
-            if undecided:
-                self._put_back(link, backend)
-            elif not ok or self._state is not _State.RUNNING:
-                # Failed, cancelled mid-ping, or the pool began closing: never reuse it.
-                self._retire(link, code=CloseCode.NORMAL, reason="not validated")
-            if not self._leased and self._all_returned is not None:
-                self._all_returned.set()
-        return None if undecided else ok
-
-    # ------------------------------------------------------------------ waiters
-
-    def _serve(self, waiter: _Waiter) -> None:
-        """A new waiter: an idle link for it, or an open started on its behalf."""
-        if len(self._waiters) > 1:
-            self._dispatch()  # older waiters first: FIFO holds across the queue
-            return
-        if waiter.preferred is not None and self._has_capacity():
-            self._open_for(waiter)
-            return
-        link = self._idle_for(waiter)
-        if link is not None:
-            self._hand(waiter, link)
-            return
-        if self._has_capacity():
-            self._open_for(waiter)
-        elif not waiter.evicting:
-            waiter.evicting = self._evict_one_idle(waiter)
-
-    def _idle_for(self, waiter: _Waiter) -> _Link | None:
-        if waiter.backend_id is not None:
-            backend = self._backends.get(waiter.backend_id)
-            return self._take_idle(backend) if backend is not None else None
-        return self._take_any_idle()
-
-    def _hand(self, waiter: _Waiter, link: _Link) -> None:
-        with contextlib.suppress(ValueError):
-            self._waiters.remove(waiter)
-        self._lease(link)
-        waiter.future.set_result(link)
-
-    def _open_for(self, waiter: _Waiter) -> None:
-        try:
-            backend = self._backend_for_open(waiter)
-        except WSClientError as exc:
-            self._fail(waiter, exc)
-            return
-        waiter.opening = True
-        waiter.evicting = False
-        self._start_open(backend, waiter)
-
-    def _backend_for_open(self, waiter: _Waiter) -> BackendState:
-        if waiter.backend_id is not None:
-            backend = self._backends.get(waiter.backend_id)
-            if backend is None or not (backend.eligible or self._panic) or backend.removed:
-                raise self._no_backend_error()
-            return backend
-        now = time.monotonic()
-        preferred, waiter.preferred = waiter.preferred, None
-        if preferred is not None and preferred.in_rotation and preferred.may_open(now):
-            return preferred
-        candidates = [b for b in self._eligible if b.id not in waiter.tried]
-        if not candidates:
-            raise self._no_backend_error()
-        # A backend backing off after a failure is dialled only if nothing else can be.
-        ready = [b for b in candidates if b.may_open(now)] or candidates
-        if len(ready) == len(self._eligible):
-            return self._pick(waiter.key)
-        return max(ready, key=lambda b: b.weight / (1 + b.active + b.connecting))
-
-    def _fail(self, waiter: _Waiter, exc: BaseException) -> None:
-        with contextlib.suppress(ValueError):
-            self._waiters.remove(waiter)
-        if not waiter.future.done():
-            waiter.future.set_exception(exc)
-
-    def _dispatch(self) -> None:
-        """Capacity or eligibility changed: serve waiters in arrival order."""
-        if self._state is not _State.RUNNING:
-            return
-        for waiter in list(self._waiters):
-            if waiter.future.done():
-                self._waiters.remove(waiter)
-                continue
-            link = self._idle_for(waiter)
-            if link is not None:
-                self._hand(waiter, link)
-            elif not waiter.opening:
-                if self._has_capacity():
-                    self._open_for(waiter)
-                elif not waiter.evicting:
-                    waiter.evicting = self._evict_one_idle(waiter)
-
-    def _evict_one_idle(self, waiter: _Waiter) -> bool:
-        """At capacity, close an idle link the waiter cannot use, to make room.
-
-        Idle links of backends out of rotation (ejected) go first; a pinned
-        waiter (ip-hash, broadcast) may also take room from any other backend.
-        """
-        eligible = set(self._eligible)
-        candidates = [b for b in self._backends.values() if b.idle and b not in eligible]
-        if waiter.backend_id is not None:
-            candidates += [
-                b
-                for b in self._backends.values()
-                if b.idle and b in eligible and b.id != waiter.backend_id
-            ]
-        for backend in candidates:
-            if backend.id == waiter.backend_id:
-                continue
-            link = backend.idle.popleft()
-            self._idle_total -= 1
-            self._retire(link, code=CloseCode.NORMAL, reason="making room", was_idle=False)
-            return True
-        return False
 
     # ------------------------------------------------------------------ release
 
@@ -650,69 +601,42 @@ class WebSocketPool:
         """Give a leased connection back. Safe to call from ``finally``; never blocks."""
         if not isinstance(conn, Connection):
             raise TypeError(f"release() takes a Connection, not {type(conn).__name__}")
+        if threading.get_ident() != self._thread and self._thread:
+            self._check_caller()
         link = conn._link
         if link is None:
             raise PoolMisuseError("this connection was already released")
-        if link not in self._leased:
-            if link in self._orphans:
-                self._orphans.discard(link)
+        if link.owner is not self:
+            raise PoolMisuseError(
+                "this connection does not belong to this pool"
+                + ("" if link.owner is not None else " (it came from connect())")
+            )
+        slot: Slot[_Link] = link.pool_backend
+        if slot.state is not SlotState.LEASED:
+            if slot.state is SlotState.CLOSING:  # closed under the lessee (shutdown, removal)
                 conn._detach()
                 return
-            if link.owner is not self:
-                raise PoolMisuseError(
-                    "this connection does not belong to this pool"
-                    + ("" if link.owner is not None else " (it came from connect())")
-                )
             raise PoolMisuseError("this connection is not leased from this pool")
         conn._detach()
-        self._return_lease(link)
-
-    def _return_lease(self, link: _Link) -> None:
-        self._leased.discard(link)
-        backend: BackendState = link.pool_backend
-        backend.active -= 1
+        if link.ws.closed and link.state is ConnectionState.OPEN:
+            link.absorb_close(WS_CLOSED)  # aiohttp closed it (heartbeat) while nobody read
         if link.reading or link.dirty:
             # A receive() still running, or one that timed out with its reply
             # possibly still coming: reusing the socket could hand that reply to
             # the next lessee. Closing it is the caller's doing, not the backend's.
             link.client_initiated = True
-            self._retire(link, code=CloseCode.NORMAL, reason="released with a read outstanding")
+            reusable, reason = False, "released with a read outstanding"
         else:
-            self._put_back(link, backend)
-        if backend.removed:
-            self._forget_if_drained(backend)
-        if not self._leased and self._all_returned is not None:
+            reusable, reason = link.state is ConnectionState.OPEN, "retired"
+        core = self._core
+        core.release(slot, reusable, time.monotonic(), reason)
+        if core.effects:
+            self._run()
+        if not core.leased_total and self._all_returned is not None:
             self._all_returned.set()
 
-    def _start_idle_reads(self) -> None:
-        self._read_scheduled = False
-        links, self._to_read = self._to_read, []
-        for link in links:
-            link.read_queued = False
-            link.start_idle_read()
-
-    def _put_back(self, link: _Link, backend: BackendState | None) -> None:
-        if link.ws.closed and link.state is ConnectionState.OPEN:
-            link.absorb_close(WS_CLOSED)  # aiohttp closed it (heartbeat) while nobody read
-        if (
-            self._state is not _State.RUNNING
-            or backend is None
-            or link.state is not ConnectionState.OPEN
-            or not backend.in_rotation
-            or link.generation != self._generation
-            or (link.expires_at is not None and time.monotonic() >= link.expires_at)
-        ):
-            self._retire(link, code=CloseCode.NORMAL, reason="retired", was_idle=False)
-            return
-        for waiter in self._waiters:
-            if not waiter.future.done() and waiter.accepts(backend.id):
-                self._lease(link)
-                self._waiters.remove(waiter)
-                waiter.future.set_result(link)
-                return
+    def _park(self, link: _Link) -> None:
         link.mark_idle()
-        backend.idle.append(link)
-        self._idle_total += 1
         if not link.read_queued:  # bounded by the number of links, however tight the loop
             link.read_queued = True
             self._to_read.append(link)
@@ -721,376 +645,168 @@ class WebSocketPool:
             # re-acquired before then never starts a background read at all.
             self._read_scheduled = True
             asyncio.get_running_loop().call_soon(self._start_idle_reads)
-        timeout = self._idle_timeout
-        due = self._maintenance_due
-        if (timeout is not None and link.last_used + timeout < due) or (
-            link.expires_at is not None and link.expires_at < due
-        ):
-            self._wake()  # rare: only when this deadline is the earliest one
-        if self._waiters:
-            self._dispatch()
 
-    # ------------------------------------------------------------------ opening
+    def _start_idle_reads(self) -> None:
+        self._read_scheduled = False
+        links, self._to_read = self._to_read, []
+        for link in links:
+            link.read_queued = False
+            link.start_idle_read()
 
-    def _start_open(self, backend: BackendState, waiter: _Waiter | None) -> asyncio.Task[None]:
-        self._connecting += 1
-        backend.connecting += 1
+    # ------------------------------------------------------------------ opening and closing
+
+    def _start_open(self, ticket: Ticket) -> None:
         task = asyncio.get_running_loop().create_task(
-            self._open(backend, waiter), name=f"wsclient-open-{backend.id}"
+            self._open(ticket), name=f"wsclient-open-{ticket.backend.id}"
         )
         self._track(task)
-        return task
 
     def _track(self, task: asyncio.Task[Any]) -> None:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _open(self, backend: BackendState, waiter: _Waiter | None) -> None:
-        try:
-            link = await self._connect(backend)
-        except (ConnectError, _NotAdmitted) as exc:
-            self._connecting -= 1
-            backend.connecting -= 1
-            self._open_failed(backend, waiter, exc)
-            return
-        except Exception as exc:  # a bug in an auth provider, say: fail this open, not the pool
-            self._connecting -= 1
-            backend.connecting -= 1
-            logger.exception("opening a connection to %s failed unexpectedly", backend.id)
-            self._open_failed(backend, waiter, ConnectError(backend.url, f"{type(exc).__name__}"))
-            return
-        except BaseException:
-            self._connecting -= 1
-            backend.connecting -= 1
-            raise
-        self._connecting -= 1
-        backend.connecting -= 1
-        self._adopt(link, backend)
-        if waiter is not None:
-            waiter.opening = False
-        if backend.removed:
-            self._retire(link, code=CloseCode.GOING_AWAY, reason="backend removed")
-            self._forget_if_drained(backend)
-            self._dispatch()
-            return
-        if self._state is not _State.RUNNING:
-            self._retire(link, code=CloseCode.GOING_AWAY, reason="pool closing", was_idle=False)
-            return
-        self._put_back(link, backend)
-        if self._waiters:
-            self._dispatch()
-
-    async def _connect(self, backend: BackendState) -> _Link:
-        trial = backend.breaker_enabled and backend.breaker_state == "half-open"
-        if trial and not backend.breaker.allow():
-            raise _NotAdmitted(backend.id)
+    async def _open(self, ticket: Ticket) -> None:
+        backend_id = ticket.backend.id
+        url = self._configs[backend_id].url
+        core = self._core
         try:
             link = await open_link(
-                self._session, backend.url, backend.options, backend_id=backend.id
+                self._session, url, self._options[backend_id], backend_id=backend_id
             )
-        except ConnectError:
+        except ConnectError as exc:
+            logger.info(
+                "connect to backend %s failed: %s",
+                backend_id,
+                exc.reason,
+                extra={"backend_id": backend_id},
+            )
+            core.open_failed(ticket, exc, exc.reason, time.monotonic())
+            self._run()
+            return
+        except asyncio.CancelledError:
+            core.open_failed(ticket, None, None, time.monotonic())
+            self._run()
             raise
-        except BaseException:
-            if trial:
-                backend.breaker.record_neutral()  # cancelled: no verdict on the backend
-            raise
-        return link
-
-    def _adopt(self, link: _Link, backend: BackendState) -> None:
+        except Exception as exc:  # a bug in an auth provider, say: fail this open, not the pool
+            logger.error(
+                "opening a connection to %s failed unexpectedly: %s",
+                backend_id,
+                type(exc).__name__,
+                extra={"backend_id": backend_id},
+            )
+            error = ConnectError(url, f"{type(exc).__name__}")
+            core.open_failed(ticket, error, error.reason, time.monotonic())
+            self._run()
+            return
         link.owner = self
-        link.pool_backend = backend
-        link.generation = self._generation
         link.on_closed = self._on_link_closed
         link.on_idle_message = self._on_idle_message
-        lifetime = self.config.max_lifetime
-        if lifetime is not None:
-            link.expires_at = link.created_at + lifetime * self._rng.uniform(0.9, 1.1)
-        backend.links.add(link)
         self._links.add(link)
-        self.stats["opened"] += 1
-        if backend.record_connect_success():
-            self._schedule_refresh()  # its ejection ended early: back into rotation
-        self._events.emit(ev.CONNECTION_OPEN, backend.id, link.id)
+        slot = core.opened(ticket, link, time.monotonic())
+        link.pool_backend = slot
+        link.expires_at = slot.expires_at
+        self._run()
 
-    def _open_failed(self, backend: BackendState, waiter: _Waiter | None, exc: Exception) -> None:
-        if backend.removed:
-            self._forget_if_drained(backend)
-        if isinstance(exc, ConnectError):
-            self.stats["open_failures"] += 1
-            backend.record_failure(exc.reason)
-            self._schedule_refresh()  # ejected for its backoff delay
-            logger.info("connect to backend %s failed: %s", backend.id, exc.reason)
-        if waiter is None or waiter.future.done():
-            self._wake()
-            return
-        waiter.opening = False
-        waiter.tried.add(backend.id)
-        if waiter.backend_id is not None:
-            self._fail(waiter, exc if isinstance(exc, ConnectError) else self._no_backend_error())
-            return
-        self._open_for(waiter)
-        if waiter.future.done() and waiter.future.exception() is not None:
-            cause = waiter.future.exception()
-            if cause is not None and cause.__cause__ is None:
-                cause.__cause__ = exc
-
-    # ------------------------------------------------------------------ closing links
-
-    def _retire_idle(self, backend: BackendState, code: int | None, reason: str) -> None:
-        while backend.idle:
-            self._retire(backend.idle.pop(), code=code, reason=reason, was_idle=True)
-
-    def _retire(
-        self, link: _Link, *, code: int | None, reason: str, was_idle: bool = False
-    ) -> None:
-        """Take ``link`` out of the pool and close it in the background."""
-        if was_idle:
-            self._idle_total -= 1
-        if link not in self._links:
-            return
-        self._links.discard(link)
-        link.pool_backend.links.discard(link)
+    def _start_close(self, slot: Slot[_Link], code: int | None, reason: str) -> None:
+        link = slot.link
         link.on_closed = None
         if link.state is ConnectionState.CLOSED:
-            self._closed_event(link)
-            self._dispatch()
-            self._wake()
+            self._links.discard(link)
+            self._core.closed(slot, link.close_code, link.close_reason, time.monotonic())
             return
-        self._closing_links += 1
         task = asyncio.get_running_loop().create_task(
-            self._close_link(link, code, reason), name=f"wsclient-close-{link.id}"
+            self._close_link(slot, code, reason), name=f"wsclient-close-{link.id}"
         )
         self._track(task)
 
-    async def _close_link(self, link: _Link, code: int | None, reason: str) -> None:
+    async def _close_link(self, slot: Slot[_Link], code: int | None, reason: str) -> None:
+        link = slot.link
         try:
-            if code is None:
+            if code is None or self._terminating:
                 link.drop()
                 await link.close()  # releases nothing more; keeps drop and close symmetric
             else:
                 await link.close(code, reason)
         finally:
-            self._closing_links -= 1
-            self._closed_event(link)
-            self._dispatch()
-            self._wake()
-
-    def _closed_event(self, link: _Link) -> None:
-        self.stats["closed"] += 1
-        self._events.emit(
-            ev.CONNECTION_CLOSED, link.backend_id, link.id, link.close_code, link.close_reason
-        )
+            self._links.discard(link)
+            self._core.closed(slot, link.close_code, link.close_reason, time.monotonic())
+            self._run()
 
     def _on_link_closed(self, link: _Link) -> None:
         """A link ended on its own: peer close, error, missed heartbeat."""
-        backend: BackendState = link.pool_backend
-        if not link.client_initiated and self._state is _State.RUNNING and not backend.removed:
-            blamed = backend.record_close(link.close_code, link.close_reason)
-            if blamed:
-                self._schedule_refresh()  # ejected for its backoff delay
+        slot: Slot[_Link] | None = link.pool_backend
+        if slot is None or slot.state is SlotState.CLOSING:
+            return
+        judged = not link.client_initiated and self._state is _State.RUNNING
+        code, reason = link.close_code, link.close_reason
+        blamed = self._core.link_lost(slot, code, reason, time.monotonic(), judge=judged)
+        if judged:
             logger.info(
                 "connection %s to %s closed: %s %s%s",
                 link.id,
                 link.backend_id,
-                link.close_code,
-                link.close_reason,
+                code,
+                reason,
                 " (counted as a failure)" if blamed else "",
+                extra={"backend_id": link.backend_id, "connection_id": link.id, "code": code},
             )
-        if link in self._leased:
-            return  # the lessee finds out on its next call; release() retires it
-        with contextlib.suppress(ValueError):
-            backend.idle.remove(link)
-            self._idle_total -= 1
-        self._retire(link, code=None, reason=link.close_reason)
+        self._run()
 
     def _on_idle_message(self, link: _Link, message: Message) -> None:
-        self.stats["idle_messages"] += 1
+        self._idle_messages += 1
         self._events.emit(ev.IDLE_MESSAGE, link.backend_id, link.id, message)
         if self.config.on_idle_message == "close":
-            backend: BackendState = link.pool_backend
-            if link in backend.idle:
-                backend.idle.remove(link)
-                self._retire(
-                    link,
-                    code=CloseCode.POLICY_VIOLATION,
-                    reason="unexpected message",
-                    was_idle=True,
-                )
+            slot: Slot[_Link] = link.pool_backend
+            if self._core.retire_idle_slot(slot, CloseCode.POLICY_VIOLATION, "unexpected message"):
+                self._run()
 
     # ------------------------------------------------------------------ maintenance
 
-    def _wake(self) -> None:
-        if self._wakeup is not None:
-            self._wakeup.set()
-
     async def _maintain(self) -> None:
-        """Keep the warm set, evict idle and expired links, honour backoff."""
+        """Keep the warm set, evict idle and expired links, end backoffs and ejections."""
         assert self._wakeup is not None
         while self._state is _State.RUNNING:
             now = time.monotonic()
-            due = [self._housekeeping(now)]
-            self._refill(now)
-            due.extend(b.retry_at for b in self._backends.values() if b.retry_at > now)
-            ejected = [b.ejected_until for b in self._backends.values() if b.ejected_until]
-            if any(until <= now for until in ejected):
-                self._refresh_eligibility()  # an ejection ended: back into rotation
-            due.extend(until for until in ejected if until > now)
-            for backend in self._backends.values():
-                _ = backend.weight  # reading it ends a finished ramp
-            if any(b.recovered_at is not None and b.in_rotation for b in self._backends.values()):
-                self._refresh_eligibility()  # slow start: weights are still ramping
-                due.append(now + (self.config.slow_start or 1.0) / 10)
-            delay = min(60.0, max(0.005, min(due) - now))
-            self._maintenance_due = now + delay
-            # Cleared after the (synchronous) work: wakes it caused itself are moot,
-            # and nothing else can have run in between.
+            due = self._core.tick(now)
+            self._run()
+            delay = min(60.0, max(0.005, due - time.monotonic()))
+            self._sleep_until = now + delay
+            # Cleared after the (synchronous) work: wakes it caused itself are moot.
             self._wakeup.clear()
-            try:
+            with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(delay):
                     await self._wakeup.wait()
-            except TimeoutError:
-                pass
-
-    def _housekeeping(self, now: float) -> float:
-        """Close idle links past idle_timeout (down to min) or past max_lifetime."""
-        idle_timeout = self.config.idle_timeout
-        next_due = now + 60.0
-        surplus = self.size - self.config.min_connections
-        for backend in self._backends.values():
-            idle = backend.idle
-            for link in list(idle):
-                expired = link.expires_at is not None and now >= link.expires_at
-                stale = link.generation != self._generation
-                too_long = (
-                    idle_timeout is not None
-                    and surplus > 0
-                    and now - link.last_used >= idle_timeout
-                )
-                if expired or stale or too_long:
-                    idle.remove(link)
-                    self._retire(link, code=CloseCode.NORMAL, reason="idle", was_idle=True)
-                    surplus -= 1
-                    continue
-                if link.expires_at is not None:
-                    next_due = min(next_due, link.expires_at)
-                if idle_timeout is not None:
-                    # Kept only because of min_connections: look again a full timeout later.
-                    deadline = link.last_used + idle_timeout
-                    next_due = min(next_due, deadline if deadline > now else now + idle_timeout)
-        return next_due
-
-    def _refill(self, now: float) -> list[asyncio.Task[None]]:
-        """Open connections until ``min_connections`` are open or opening."""
-        want = self.config.min_connections - (self.size + self._connecting)
-        if want <= 0 or self._state is not _State.RUNNING:
-            return []
-        pool = self._backends.values() if self._panic else self._eligible
-        candidates = [b for b in pool if not b.removed and b.may_open(now)]
-        if not candidates:
-            return []
-        shares = weighted_targets(self.config.min_connections, list(pool))
-        started = []
-        for _ in range(want):
-            if not self._has_capacity():
-                break
-            backend = max(
-                candidates,
-                key=lambda b: (shares.get(b.id, 0) - len(b.links) - b.connecting, b.base_weight),
-            )
-            if backend.breaker_state == "half-open" and backend.connecting:
-                candidates.remove(backend)  # one trial at a time
-                if not candidates:
-                    break
-                continue
-            started.append(self._start_open(backend, None))
-        return started
-
-    # ------------------------------------------------------------------ eligibility
-
-    def _refresh_eligibility(self) -> None:
-        self._refresh_scheduled = False
-        now = time.monotonic()
-        live = [b for b in self._backends.values() if not b.removed]
-        usable = [b for b in live if b.eligible]
-        threshold = self.config.panic_threshold
-        self._panic = bool(threshold is not None and live and len(usable) / len(live) < threshold)
-        if self._panic:
-            usable = live
-        for backend in self._backends.values():
-            backend.in_rotation = backend in usable
-            if backend.ejected_until and backend.ejected_until <= now:
-                backend.ejected_until = 0.0
-        # Outlier ejection (Envoy's model): a backend that just failed gets no new
-        # leases for its backoff delay, but never if that would leave none at all.
-        self._eligible = [b for b in usable if not b.ejected_until] or usable
-        self._balancer.update(self._eligible)
-        for backend in live:
-            if backend not in usable:
-                self._retire_idle(backend, CloseCode.GOING_AWAY, "backend ineligible")
-        if not usable and self._state is _State.RUNNING:
-            for waiter in list(self._waiters):
-                self._fail(waiter, self._no_backend_error())
-        self._dispatch()
-        self._wake()
-
-    def _schedule_refresh(self) -> None:
-        if self._refresh_scheduled or self._state is not _State.RUNNING:
-            return
-        self._refresh_scheduled = True
-        asyncio.get_running_loop().call_soon(self._refresh_eligibility)
-
-    def _on_breaker_change(
-        self, backend: BackendState, old: BreakerState, new: BreakerState
-    ) -> None:
-        event = {
-            "open": ev.BREAKER_OPEN,
-            "half-open": ev.BREAKER_HALF_OPEN,
-            "closed": ev.BREAKER_CLOSED,
-        }[new]
-        backend_id = backend.id
-        logger.info("backend %s breaker %s -> %s", backend_id, old, new)
-        self._events.emit(event, backend_id)
-        if self._state is not _State.RUNNING or self._backends.get(backend_id) is not backend:
-            return
-        handle = self._breaker_timers.pop(backend_id, None)
-        if handle is not None:
-            handle.cancel()
-        if new == "open":
-            # pybreaker-style breakers move to half-open lazily; poke it on time.
-            self._breaker_timers[backend_id] = asyncio.get_running_loop().call_later(
-                backend.breaker.remaining_open_time + 0.001, self._poke_breaker, backend_id
-            )
-        if new == "closed" and self.config.slow_start is not None:
-            backend.recovered_at = time.monotonic()
-        self._schedule_refresh()
-
-    def _poke_breaker(self, backend_id: str) -> None:
-        self._breaker_timers.pop(backend_id, None)
-        backend = self._backends.get(backend_id)
-        if backend is not None:
-            _ = backend.breaker_state  # fires open -> half-open
-            self._schedule_refresh()
-
-    def _on_health_change(self, backend: BackendState, healthy: bool, error: str | None) -> None:
-        """Called by the health checker on each threshold crossing."""
-        if healthy:
-            if self.config.slow_start is not None:
-                backend.recovered_at = time.monotonic()
-            self._events.emit(ev.BACKEND_HEALTHY, backend.id)
-        else:
-            self._events.emit(ev.BACKEND_UNHEALTHY, backend.id, error)
-        self._refresh_eligibility()
+            self._sleep_until = math.inf
 
     # ------------------------------------------------------------------ status & events
 
     def health_status(self) -> dict[str, BackendHealth]:
         """``{backend_id: BackendHealth}`` for every backend; ``.model_dump()`` is JSON-ready."""
-        eligible = set(self._eligible)
-        return {
-            b.id: b.health(in_rotation=b in eligible)
-            for b in self._backends.values()
-            if not b.removed
-        }
+        now = time.monotonic()
+        result = {}
+        for b in self._core.backends.values():
+            if b.removed:
+                continue
+            record = self._store.record(b.id)
+            result[b.id] = BackendHealth(
+                id=b.id,
+                url=self._configs[b.id].url,
+                healthy=record.healthy,
+                eligible=b.in_rotation,
+                latency=record.latency_ms,
+                last_check=record.last_check,
+                breaker=record.breaker_state,
+                active=b.active,
+                idle=len(b.idle),
+                connecting=b.opening,
+                consecutive_failures=max(record.probe_failures, record.breaker.failure_count),
+                weight=b.base_weight,
+                effective_weight=round(b.weight, 3),
+                last_error=record.last_error,
+                retry_in=round(max(0.0, b.retry_at - now), 3),
+                ejected=record.ejected_until > now,
+            )
+        return result
 
     def on(self, event: str, callback: Callable[..., Any]) -> Callable[..., Any]:
         """Call ``callback`` (sync or async) on ``event``; see ``wsclient.events.EVENTS``."""
@@ -1105,65 +821,81 @@ class WebSocketPool:
         """Add a backend at run time; it joins rotation at once (health checks start too)."""
         if self._state in (_State.CLOSING, _State.CLOSED):
             raise PoolClosedError("the pool is closed")
-        if isinstance(backend, str):
-            backend = Backend(url=backend)
-        elif isinstance(backend, Mapping):
-            backend = Backend.model_validate(backend)
-        elif not isinstance(backend, Backend):
-            raise TypeError(f"add_backend() takes a Backend, dict or URL, not {type(backend)}")
-        existing = self._backends.get(backend.id)
+        self._check_caller_if_started()
+        backend = _as_backend(backend)
+        existing = self._core.backends.get(backend.id)
         if existing is not None and not existing.removed:
             raise ValueError(f"duplicate backend id {backend.id!r}")
-        # A removed one still draining keeps living through its links' references.
-        state = self._new_backend(backend)
-        self._backends[backend.id] = state
-        self._events.emit(ev.BACKEND_ADDED, backend.id)
+        self._register(backend, time.monotonic())
+        self._pending_events.append((ev.BACKEND_ADDED, (backend.id,)))
         if self._state is _State.RUNNING:
-            self._health.watch(state)
-            self._refresh_eligibility()
+            self._watch(backend.id)
+        self._run()
+
+    def _check_caller_if_started(self) -> None:
+        if self._thread and threading.get_ident() != self._thread:
+            self._check_caller()
 
     async def remove_backend(self, backend_id: str, *, drain: bool = True) -> None:
         """Take a backend out: no new leases; idle links close now; leased links close
         on release (``drain=True``, waited for up to ``shutdown_timeout``) or at once."""
-        backend = self._backends.get(backend_id)
-        if backend is None or backend.removed:
+        self._check_caller_if_started()
+        b = self._core.backends.get(backend_id)
+        if b is None or b.removed:
             raise KeyError(f"no backend with id {backend_id!r}")
-        backend.removed = True
-        self._refresh_eligibility()  # out of rotation before the first await
-        await self._health.unwatch(backend)
-        self._retire_idle(backend, CloseCode.GOING_AWAY, "backend removed")
-        for waiter in list(self._waiters):
-            if waiter.backend_id == backend_id:
-                self._fail(waiter, self._no_backend_error())
-        if drain and self._state is _State.RUNNING and (backend.active or backend.connecting):
-            backend.drained = asyncio.Event()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.config.shutdown_timeout):
-                    await backend.drained.wait()
-        for link in list(backend.links):
-            if link in self._leased:
-                link.drop()  # not drained in time (or drain=False): the lessee sees it closed
-            else:
-                self._retire(link, code=CloseCode.GOING_AWAY, reason="backend removed")
-        self._forget_if_drained(backend)
-        self._events.emit(ev.BACKEND_REMOVED, backend_id)
-
-    def _forget_if_drained(self, backend: BackendState) -> None:
-        if backend.removed and not backend.active and not backend.connecting:
-            if backend.drained is not None:
-                backend.drained.set()
-            if not backend.links and self._backends.get(backend.id) is backend:
-                del self._backends[backend.id]
+        drained = asyncio.Event()
+        self._drained[backend_id] = drained
+        try:
+            self._core.remove_backend(backend_id, time.monotonic())
+            self._run()
+            await self._health.unwatch(backend_id)
+            if drain and self._state is _State.RUNNING and (b.active or b.opening):
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self.config.shutdown_timeout):
+                        await drained.wait()
+            for link in list(self._links):
+                slot: Slot[_Link] = link.pool_backend
+                if slot.backend is b and slot.state is SlotState.LEASED:
+                    link.drop()  # not drained in time (or drain=False): the lessee sees it closed
+        finally:
+            if self._drained.get(backend_id) is drained:
+                del self._drained[backend_id]
+        self._pending_events.append((ev.BACKEND_REMOVED, (backend_id,)))
+        self._run()
 
     def set_weight(self, backend_id: str, weight: int) -> None:
         """Change a backend's weight at run time."""
-        backend = self._backends.get(backend_id)
-        if backend is None or backend.removed:
+        self._check_caller_if_started()
+        b = self._core.backends.get(backend_id)
+        if b is None or b.removed:
             raise KeyError(f"no backend with id {backend_id!r}")
         if not isinstance(weight, int) or isinstance(weight, bool) or not 1 <= weight <= 10_000:
             raise ValueError(f"weight must be an int from 1 to 10000, got {weight!r}")
-        backend.base_weight = weight
-        self._refresh_eligibility()
+        self._core.set_weight(backend_id, weight, time.monotonic())
+        self._configs[backend_id] = self._configs[backend_id].model_copy(update={"weight": weight})
+        self._run()
+
+    async def set_backends(self, backends: Iterable[Backend | str | Mapping[str, Any]]) -> None:
+        """Reconcile membership with ``backends`` in one step: add what is new, update
+        weights, drain what is gone (what a resolver calls)."""
+        wanted = [_as_backend(b) for b in backends]
+        ids = [b.id for b in wanted]
+        if len(set(ids)) != len(ids):
+            duplicates = sorted({i for i in ids if ids.count(i) > 1})
+            raise ValueError(f"duplicate backend ids: {', '.join(duplicates)}")
+        current = {b.id: b for b in self._core.backends.values() if not b.removed}
+        gone = [bid for bid in current if bid not in set(ids)]
+        changed_url = [b.id for b in wanted if b.id in current and self._configs[b.id].url != b.url]
+        for backend_id in changed_url:
+            await self.remove_backend(backend_id, drain=False)
+        for backend in wanted:
+            if backend.id in current and backend.id not in changed_url:
+                if current[backend.id].base_weight != backend.weight:
+                    self.set_weight(backend.id, backend.weight)
+            else:
+                self.add_backend(backend)
+        if gone:
+            await asyncio.gather(*(self.remove_backend(bid, drain=True) for bid in gone))
 
     # ------------------------------------------------------------------ fleet operations
 
@@ -1181,22 +913,24 @@ class WebSocketPool:
         """
         if self._state is not _State.RUNNING:
             self._raise_not_running()
+        core = self._core
+        # Every usable backend, ejected ones included: a broadcast is not a pick.
         targets = [
-            b
-            for b in self._backends.values()
-            if b.in_rotation and (filter is None or filter(b.config))
+            b.id
+            for b in core.backends.values()
+            if core.serviceable(b) and (filter is None or filter(self._configs[b.id]))
         ]
 
-        async def send_one(backend: BackendState) -> BaseException | None:
+        async def send_one(backend_id: str) -> BaseException | None:
             try:
-                async with _AcquireContext(self, None, timeout, backend.id) as conn:
+                async with _AcquireContext(self, None, timeout, backend_id) as conn:
                     await conn.send(message)
             except (WSClientError, OSError, TimeoutError) as exc:
                 return exc
             return None
 
         results = await asyncio.gather(*(send_one(b) for b in targets))
-        return {b.id: result for b, result in zip(targets, results, strict=True)}
+        return dict(zip(targets, results, strict=True))
 
     async def drain(
         self, per_second: float = 10.0, code: int = CloseCode.GOING_AWAY, reason: str = "draining"
@@ -1207,8 +941,8 @@ class WebSocketPool:
         pace), so backends never see a reconnect spike. Leased connections
         close when released. Returns how many idle connections were closed.
         """
-        if per_second <= 0:
-            raise ValueError(f"per_second must be > 0, got {per_second!r}")
+        if not per_second > 0 or not math.isfinite(per_second):
+            raise ValueError(f"per_second must be a finite number > 0, got {per_second!r}")
         check_close_code(code)
         if self._state is not _State.RUNNING:
             self._raise_not_running()
@@ -1222,29 +956,38 @@ class WebSocketPool:
             old &= self._links
             if not old:
                 break
-            victims = [link for link in old if link in link.pool_backend.idle]
-            for link in victims[:batch]:
-                link.pool_backend.idle.remove(link)
-                self._retire(link, code=code, reason=reason, was_idle=True)
-                old.discard(link)
-                closed += 1
+            done = 0
+            for link in list(old):
+                if done >= batch:
+                    break
+                if self._core.retire_idle_slot(link.pool_backend, code, reason):
+                    old.discard(link)
+                    done += 1
+            closed += done
+            self._run()
             await asyncio.sleep(period)
         return closed
 
     def expire_connections(self) -> None:
         """Mark every current connection stale; each is replaced when next idle."""
-        self._generation += 1
-        self._wake()
+        self._core.expire_all()
+        if self._wakeup is not None:
+            self._wakeup.set()
 
     # ------------------------------------------------------------------ test hooks
 
     def _check_invariants(self) -> None:
         """Raise AssertionError if the accounting is inconsistent (used by tests)."""
-        idle = sum(len(b.idle) for b in self._backends.values())
-        assert idle == self._idle_total, (idle, self._idle_total)
-        assert self.size == self.active_count + self.idle_count
-        assert self.size + self._connecting + self._closing_links <= self.config.max_connections, (
-            repr(self)
-        )
-        assert all(b.active >= 0 for b in self._backends.values())
-        assert sum(b.active for b in self._backends.values()) <= len(self._leased)
+        self._core.check_invariants()
+        leased = sum(1 for link in self._links if link.pool_backend.state is SlotState.LEASED)
+        assert leased <= self._core.leased_total, (leased, self._core.leased_total)
+
+
+def _as_backend(backend: Backend | str | Mapping[str, Any]) -> Backend:
+    if isinstance(backend, str):
+        return Backend(url=backend)
+    if isinstance(backend, Mapping):
+        return Backend.model_validate(backend)
+    if not isinstance(backend, Backend):
+        raise TypeError(f"expected a Backend, dict or URL, not {type(backend).__name__}")
+    return backend
