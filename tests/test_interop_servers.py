@@ -58,6 +58,17 @@ async def read_stream(ws: aiohttp.ClientWebSocketResponse) -> tuple[list[int], a
         seqs.append(json.loads(msg.data)["seq"])
 
 
+def time_wait_on(port: int) -> bool:
+    """Whether a TCP socket bound to local ``port`` on 127.0.0.1 is in TIME_WAIT (Linux)."""
+    with open("/proc/net/tcp") as table:
+        next(table)  # header
+        for line in table:
+            local, state = line.split()[1], line.split()[3]
+            if local == f"0100007F:{port:04X}" and state == "06":  # 06 is TCP_TIME_WAIT
+                return True
+    return False
+
+
 async def get_status(http: aiohttp.ClientSession, url: str) -> int:
     async with http.get(url, timeout=aiohttp.ClientTimeout(total=RECV)) as resp:
         return resp.status
@@ -156,6 +167,9 @@ async def test_sigkill_is_an_abnormal_close_and_restart_serves_on_the_same_port(
         assert ws.close_code == 1006
     with pytest.raises(aiohttp.ClientConnectorError):
         await http.ws_connect(server.url)
+    # The dead child's side of that connection closed first, so it waits in TIME_WAIT
+    # on the server port: the restart below must bind regardless (SO_REUSEADDR).
+    assert time_wait_on(port)
 
     await server.restart()
     assert (server.port, server.running) == (port, True) and server.pid != first_pid
@@ -178,7 +192,7 @@ async def test_sigstop_freezes_and_sigcont_brings_it_back(
     http: aiohttp.ClientSession,
 ) -> None:
     """While paused nothing is answered (WebSocket or HTTP); after resume() the message
-    sent meanwhile is echoed and HTTP answers again."""
+    sent meanwhile is echoed and HTTP answers again; a paused child can be killed."""
     server = await wsclient_interop_server(wsclient_interop_kind, control_timeout=0.3)
     async with http.ws_connect(server.url) as ws:
         assert await echo(ws, "awake") == "awake"
@@ -195,6 +209,9 @@ async def test_sigstop_freezes_and_sigcont_brings_it_back(
         msg = await ws.receive(timeout=RECV)
         assert (msg.type, msg.data) == (WSMsgType.TEXT, "sent while paused")
         assert (await server.stats()).open == 1
+        server.pause()
+        assert await server.kill() == -9  # SIGKILL needs no SIGCONT: no stopped orphan
+        assert not server.paused
 
 
 async def test_health_200_then_503_and_back(
