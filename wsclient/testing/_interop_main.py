@@ -182,12 +182,11 @@ async def _run_websockets(state: _State, sock: socket.socket, path: str) -> int:
         return response
 
     async def handler(connection: ServerConnection) -> None:
+        async def close(code: int, reason: str) -> None:
+            await connection.close(code, reason)
+
         state.opened()
         try:
-
-            async def close(code: int, reason: str) -> None:
-                await connection.close(code, reason)
-
             async for data in connection:
                 await state.on_message(data, connection.send, close)
         except ConnectionClosed:
