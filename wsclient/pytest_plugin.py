@@ -16,9 +16,19 @@ these fixtures without copying code (``pytest-asyncio`` must be installed):
     An async factory: ``proxy = await wsclient_fault_proxy(backend)`` returns a started
     :class:`~wsclient.testing.FaultProxy` in front of a backend (or of a ``(host, port)``).
 
+``wsclient_interop_server``
+    An async factory: ``server = await wsclient_interop_server("uvicorn")`` returns a
+    started :class:`~wsclient.testing.interop.InteropServer` (a third-party server in a
+    child process); extra keyword arguments go to the constructor.
+
+``wsclient_interop_kind``
+    Parametrised over :data:`~wsclient.testing.interop.INTEROP_KINDS`: a test that asks
+    for it runs once per kind (``await wsclient_interop_server(wsclient_interop_kind)``).
+
 All fixtures are function-scoped and stop everything they started at teardown.  The
-factories are also available as async context managers, :func:`backends_factory` and
-:func:`fault_proxy_factory`, for code that does not use pytest fixtures.
+factories are also available as async context managers, :func:`backends_factory`,
+:func:`fault_proxy_factory` and :func:`interop_server_factory`, for code that does not use
+pytest fixtures.
 
 Example::
 
@@ -38,15 +48,20 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol, cast, overload
 
 if TYPE_CHECKING:
     from wsclient.testing import BackendProcess, BackendServer, FaultProxy
+    from wsclient.testing.interop import InteropKind, InteropServer
 
 __all__ = [
     "BackendsFactory",
     "FaultProxyFactory",
+    "InteropServerFactory",
     "backends_factory",
     "fault_proxy_factory",
+    "interop_server_factory",
     "wsclient_backend",
     "wsclient_backends",
     "wsclient_fault_proxy",
+    "wsclient_interop_kind",
+    "wsclient_interop_server",
 ]
 
 
@@ -76,6 +91,13 @@ class FaultProxyFactory(Protocol):
         self, target: BackendServer | BackendProcess | tuple[str, int], **kwargs: Any
     ) -> FaultProxy:
         """Start a :class:`~wsclient.testing.FaultProxy` in front of ``target``."""
+
+
+class InteropServerFactory(Protocol):
+    """Type of the ``wsclient_interop_server`` fixture."""
+
+    async def __call__(self, kind: InteropKind = "websockets", **kwargs: Any) -> InteropServer:
+        """Start an :class:`~wsclient.testing.interop.InteropServer` of ``kind``."""
 
 
 async def _stop_all(stoppers: Iterable[Callable[[], Awaitable[None]]]) -> None:
@@ -150,9 +172,34 @@ async def fault_proxy_factory() -> AsyncIterator[FaultProxyFactory]:
         await _stop_all(p.stop for p in reversed(created))
 
 
+@contextlib.asynccontextmanager
+async def interop_server_factory() -> AsyncIterator[InteropServerFactory]:
+    """Async context manager behind ``wsclient_interop_server``, usable without pytest.
+
+    ``async with interop_server_factory() as make: server = await make("uvicorn")`` -
+    every child started through ``make`` is killed and reaped when the block exits (a
+    test that wants the graceful path calls ``terminate()`` itself).
+    """
+    from wsclient.testing.interop import InteropServer
+
+    created: list[InteropServer] = []
+
+    async def factory(kind: InteropKind = "websockets", **kwargs: Any) -> InteropServer:
+        server = InteropServer(kind, **kwargs)
+        created.append(server)
+        await server.start()
+        return server
+
+    try:
+        yield factory
+    finally:
+        await _stop_all(s.close for s in reversed(created))
+
+
 try:
+    import pytest
     import pytest_asyncio
-except ImportError:  # pragma: no cover - the fixtures need pytest-asyncio
+except ImportError:  # pragma: no cover - the fixtures need pytest and pytest-asyncio
     _HAVE_PYTEST_ASYNCIO = False
 else:
     _HAVE_PYTEST_ASYNCIO = True
@@ -182,3 +229,17 @@ if _HAVE_PYTEST_ASYNCIO:
         the test."""
         async with fault_proxy_factory() as factory:
             yield factory
+
+    @pytest_asyncio.fixture
+    async def wsclient_interop_server() -> AsyncIterator[InteropServerFactory]:
+        """Async factory ``await wsclient_interop_server(kind="websockets", **kwargs)``
+        returning a started :class:`~wsclient.testing.interop.InteropServer`; every child
+        is killed and reaped after the test."""
+        async with interop_server_factory() as factory:
+            yield factory
+
+    @pytest.fixture(params=["websockets", "uvicorn", "aiohttp"])
+    def wsclient_interop_kind(request: pytest.FixtureRequest) -> InteropKind:
+        """Each :data:`~wsclient.testing.interop.InteropKind` in turn (a parametrised
+        fixture: the requesting test runs once per kind)."""
+        return cast("InteropKind", request.param)
