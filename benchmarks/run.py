@@ -16,7 +16,7 @@ process (see ``_servers.py``), so this process's event loop is the client alone:
                  backends (its JSON is embedded under ``"pool_costs"``).
 
 Results: ``benchmarks/results/bench-<UTC timestamp>.json`` and ``latest.json``; a table on
-stdout. ``--quick`` is a ~30 s smoke run; ``--profile`` runs cProfile over one pooled and
+stdout. ``--quick`` is a ~50 s smoke run; ``--profile`` runs cProfile over one pooled and
 one raw throughput round instead of the suite.
 """
 
