@@ -11,9 +11,12 @@ process (see ``_servers.py``), so this process's event loop is the client alone:
                  stops picking it (default config, and fast heartbeat/health checks).
 5. memory        RSS and tracemalloc per connection, 400 pooled vs 400 raw (child
                  processes, so earlier scenarios do not pollute the numbers).
+6. pool_costs    ``pool_costs.py`` in a child process: acquire+release vs a Queue pair,
+                 2,000 queued acquires, membership changes and picks up to 10,000
+                 backends (its JSON is embedded under ``"pool_costs"``).
 
 Results: ``benchmarks/results/bench-<UTC timestamp>.json`` and ``latest.json``; a table on
-stdout. ``--quick`` is a ~30 s smoke run; ``--profile`` runs cProfile over one pooled and
+stdout. ``--quick`` is a ~50 s smoke run; ``--profile`` runs cProfile over one pooled and
 one raw throughput round instead of the suite.
 """
 
@@ -48,6 +51,7 @@ from typing import Any
 
 import aiohttp
 from _servers import EchoServers
+from pool_costs import fmt_table as pool_costs_table
 
 import wsclient
 from wsclient import WebSocketPool
@@ -969,6 +973,10 @@ def fmt_table(res: dict[str, Any]) -> str:
             )
         r = mem["ratio_pooled_vs_raw"]
         lines.append(f"   pooled/raw: RSS x{r['rss']:.2f}, tracemalloc x{r['tracemalloc']:.2f}")
+    pc = res.get("pool_costs")
+    if pc:
+        lines.append("6. pool_costs.py")
+        lines.append(pool_costs_table(pc, indent="   "))
     return "\n".join(lines)
 
 
@@ -1004,7 +1012,24 @@ async def profile_mode(s: Settings) -> None:
 # =============================================================================== main
 
 
-SCENARIOS: tuple[str, ...] = ("throughput", "acquire", "picks", "failover", "memory")
+SCENARIOS: tuple[str, ...] = (
+    "throughput",
+    "acquire",
+    "picks",
+    "failover",
+    "memory",
+    "pool_costs",
+)
+
+
+def bench_pool_costs(s: Settings) -> dict[str, Any]:
+    """Scenario 6 is its own script, run as a child: its 10,000 backends and connections
+    stay out of this process. Its progress goes to our stderr; its table is ours."""
+    out = RESULTS / "pool_costs.json"
+    cmd = [sys.executable, str(HERE / "pool_costs.py"), "--json", str(out)]
+    subprocess.run(cmd + (["--quick"] if s.quick else []), stdout=subprocess.DEVNULL, check=True)
+    result: dict[str, Any] = json.loads(out.read_text())
+    return result
 
 
 async def run_suite(s: Settings, only: frozenset[str]) -> dict[str, Any]:
@@ -1040,6 +1065,9 @@ async def run_suite(s: Settings, only: frozenset[str]) -> dict[str, Any]:
     if "failover" in only:
         log("4. failover")
         res["failover"] = await bench_failover(s)
+    if "pool_costs" in only:
+        log("6. pool costs (pool_costs.py)")
+        res["pool_costs"] = bench_pool_costs(s)
     res["environment"]["loadavg_end"] = list(os.getloadavg())
     res["environment"]["suite_seconds"] = round(time.monotonic() - t_start, 1)
     return res
