@@ -27,6 +27,7 @@ import itertools
 import json
 import logging
 import os
+import ssl
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any, NamedTuple
@@ -41,6 +42,8 @@ from wsclient.config import (
     ConnectionOptions,
     _validate_ws_url,
     redact_headers,
+    redact_text,
+    redact_url,
 )
 from wsclient.errors import (
     ConnectError,
@@ -696,9 +699,23 @@ def _undo_abnormal_mark(ws: aiohttp.ClientWebSocketResponse) -> None:
         ws._close_code = None
 
 
-def describe_os_error(err: OSError) -> str:
-    """'Connection refused' rather than asyncio's 'Connect call failed (addr)'."""
-    return os.strerror(err.errno) if err.errno else (err.strerror or str(err))
+def describe_os_error(err: BaseException) -> str:
+    """'Connection refused' rather than asyncio's 'Connect call failed (addr)'.
+
+    TLS failures are named as such: an ``ssl.SSLError`` carries errno 1, which
+    ``os.strerror`` would render as "Operation not permitted".
+    """
+    if isinstance(err, ssl.SSLCertVerificationError):
+        detail = err.verify_message or err.reason or str(err)
+        return f"TLS certificate verification failed: {detail}"
+    if isinstance(err, ssl.SSLError):
+        return f"TLS error: {err.reason or err}"
+    if isinstance(err, OSError):
+        if err.errno:
+            return os.strerror(err.errno)
+        if err.strerror:
+            return err.strerror
+    return redact_text(str(err)) or type(err).__name__
 
 
 def _remaining(deadline: float | None) -> float | None:
@@ -727,47 +744,83 @@ async def open_link(
     *,
     backend_id: str,
 ) -> _Link:
-    """Open a WebSocket on ``session``; every failure becomes ``ConnectError``."""
+    """Open a WebSocket on ``session``; every failure becomes ``ConnectError``.
+
+    The ``ConnectError`` is raised with no cause and no context: aiohttp's
+    exceptions carry ``request_info`` with the request headers (the bearer
+    token, the API key), and whatever reports the error (a logger printing the
+    chain, an error tracker) would show them. The message says what went wrong,
+    with any URL in it redacted.
+    """
+    headers: dict[str, str] = {}
     try:
         headers = {**options.headers, **await auth_headers(options.auth)}
     except Exception as exc:
         # The provider's own message may quote credentials: name the type only.
-        raise ConnectError(url, f"auth provider raised {type(exc).__name__}") from exc
-    heartbeat = options.heartbeat.interval
-    try:
-        async with asyncio.timeout(options.connect_timeout):
-            ws = await session.ws_connect(
-                url,
-                protocols=options.protocols,
-                headers=headers,
-                heartbeat=heartbeat,
-                # aiohttp refuses a frame of exactly max_msg_size; ours is inclusive.
-                max_msg_size=options.max_message_size + 1 if options.max_message_size else 0,
-                compress=15 if options.compression else 0,
-                ssl=_ssl_argument(options.ssl),
-                timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=options.close_timeout),
-                autoclose=True,
-                autoping=False,
+        failure = ConnectError(url, f"auth provider raised {type(exc).__name__}")
+    else:
+        try:
+            ws = await _handshake(session, url, headers, options)
+        except TimeoutError:
+            failure = ConnectError(url, f"timed out after {options.connect_timeout} s")
+        except (aiohttp.ClientError, OSError) as exc:
+            failure = ConnectError(
+                url, describe_connect_error(exc), status=getattr(exc, "status", None)
             )
-    except TimeoutError:
-        raise ConnectError(url, f"timed out after {options.connect_timeout} s") from None
-    except aiohttp.WSServerHandshakeError as exc:
-        raise ConnectError(
-            url, f"handshake rejected with HTTP {exc.status}", status=exc.status
-        ) from None
-    except aiohttp.ClientConnectorCertificateError as exc:
-        raise ConnectError(
-            url, f"TLS certificate verification failed: {exc.certificate_error}"
-        ) from None
-    except aiohttp.ClientConnectorError as exc:
-        raise ConnectError(url, describe_os_error(exc.os_error)) from None
-    except (aiohttp.ClientError, OSError) as exc:
-        raise ConnectError(url, f"{type(exc).__name__}: {exc}") from None
+        else:
+            return _Link(
+                ws, url=url, backend_id=backend_id, max_message_size=options.max_message_size
+            )
+    # Raised here, outside the except blocks, so that __context__ stays None too
+    # (``raise ... from None`` only hides the context; it still holds it). The
+    # traceback keeps this frame alive: drop the headers (credentials) from it.
+    headers = {}
+    raise failure
+
+
+async def _handshake(
+    session: aiohttp.ClientSession,
+    url: str,
+    headers: dict[str, str],
+    options: ConnectionOptions,
+) -> aiohttp.ClientWebSocketResponse:
+    heartbeat = options.heartbeat.interval
+    async with asyncio.timeout(options.connect_timeout):
+        ws = await session.ws_connect(
+            url,
+            protocols=options.protocols,
+            headers=headers,
+            heartbeat=heartbeat,
+            # aiohttp refuses a frame of exactly max_msg_size; ours is inclusive.
+            max_msg_size=options.max_message_size + 1 if options.max_message_size else 0,
+            compress=15 if options.compression else 0,
+            ssl=_ssl_argument(options.ssl),
+            timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=options.close_timeout),
+            autoclose=True,
+            autoping=False,
+        )
     if heartbeat is not None and hasattr(ws, "_pong_heartbeat"):
         # aiohttp waits heartbeat/2 for a pong and offers no option; our
         # heartbeat.timeout is the documented contract, so set it.
         ws._pong_heartbeat = options.heartbeat.timeout
-    return _Link(ws, url=url, backend_id=backend_id, max_message_size=options.max_message_size)
+    return ws
+
+
+def describe_connect_error(exc: BaseException) -> str:
+    """Why a connect or handshake failed, in words, with no credential in them."""
+    if isinstance(exc, aiohttp.WSServerHandshakeError):
+        if exc.status == 101:
+            return f"invalid handshake response: {exc.message}"
+        return f"handshake rejected with HTTP {exc.status}"
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+        return describe_os_error(exc.certificate_error)
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return describe_os_error(exc.os_error)
+    if isinstance(exc, OSError) and not isinstance(exc, aiohttp.ClientError):
+        return describe_os_error(exc)
+    # Other aiohttp errors quote the URL (redact_text masks it); their repr
+    # would add request_info with the headers, so only str() is used.
+    return redact_text(f"{type(exc).__name__}: {exc}")
 
 
 def new_session() -> aiohttp.ClientSession:
@@ -790,10 +843,17 @@ async def connect(url: str, **options: Any) -> Connection:
         raise ValueError(f"url: {exc}") from None
     session = new_session()
     try:
-        link = await open_link(session, url, config, backend_id=url)
+        # backend_id is shown (repr, logs): like a Backend's default id, it is
+        # the URL with its query values masked.
+        link = await open_link(session, url, config, backend_id=redact_url(url))
     except BaseException:
         await session.close()
         raise
     link.owned_session = session
-    logger.debug("connected %s to %s (headers %s)", link.id, url, redact_headers(config.headers))
+    logger.debug(
+        "connected %s to %s (headers %s)",
+        link.id,
+        redact_url(url),
+        redact_headers(config.headers),
+    )
     return Connection(link)

@@ -1,0 +1,138 @@
+"""A single connection against peers that misbehave on purpose (wsclient.testing.peers).
+
+Each test runs a real peer on 127.0.0.1; none mocks a socket.
+"""
+
+from __future__ import annotations
+
+import logging
+import traceback
+from collections.abc import Iterator
+
+import pytest
+
+from wsclient import Backend, BearerAuth, ConnectError, WebSocketPool, connect
+from wsclient.testing import BackendServer
+from wsclient.testing.peers import HandshakePeer
+
+from .conftest import FAST
+
+TOKEN = "s3cret-XYZ"
+QUERY_SECRET = "s3cret-QRS"
+SECRETS = (TOKEN, QUERY_SECRET)
+
+
+def _chain(exc: BaseException) -> Iterator[BaseException]:
+    """``exc`` and everything reachable through ``__cause__`` / ``__context__``."""
+    seen: set[int] = set()
+    todo = [exc]
+    while todo:
+        item = todo.pop()
+        if id(item) in seen:
+            continue
+        seen.add(id(item))
+        yield item
+        todo.extend(e for e in (item.__cause__, item.__context__) if e is not None)
+
+
+def _exception_texts(exc: BaseException) -> list[str]:
+    """Every way an error reporter could render ``exc`` and its chain."""
+    texts = ["".join(traceback.format_exception(exc))]
+    for item in _chain(exc):
+        texts += [repr(item), str(item), *map(repr, item.args), repr(vars(item))]
+    return texts
+
+
+def _assert_no_secret(texts: list[str]) -> None:
+    blob = "\n".join(texts)
+    for secret in SECRETS:
+        assert secret not in blob
+
+
+# -- 2. secrets in URLs and in the exception chain -------------------------------------
+
+
+@pytest.mark.parametrize("status", [401, 500])
+async def test_rejected_handshake_error_and_logs_carry_no_secret(
+    status: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The token and the URL's query value reach the peer, but no error text or log line.
+
+    aiohttp's WSServerHandshakeError holds request_info (with the Authorization
+    header); it must not stay reachable through __cause__ or __context__.
+    """
+    async with HandshakePeer(status) as peer:
+        url = f"{peer.url}?token={QUERY_SECRET}"
+        with caplog.at_level(logging.DEBUG, logger="wsclient"), pytest.raises(ConnectError) as info:
+            await connect(url, auth=BearerAuth(token=TOKEN), connect_timeout=5)
+        # The secrets really were in play: the peer received both.
+        assert peer.requests[0].header("Authorization") == f"Bearer {TOKEN}"
+        assert QUERY_SECRET in peer.requests[0].target
+    err = info.value
+    assert err.status == status
+    assert f"handshake rejected with HTTP {status}" in str(err)
+    assert "token=***" in str(err)  # the URL is shown, its query value is not
+    assert err.__cause__ is None
+    assert err.__context__ is None
+    _assert_no_secret([*_exception_texts(err), caplog.text])
+
+
+async def test_open_connection_with_a_url_token_shows_it_nowhere(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """repr/str of the connection and the DEBUG log of connect() hide the query value."""
+    async with BackendServer() as server:
+        url = f"{server.url}?token={QUERY_SECRET}"
+        with caplog.at_level(logging.DEBUG, logger="wsclient"):
+            conn = await connect(url, auth=BearerAuth(token=TOKEN))
+            texts = [repr(conn), str(conn)]
+            await conn.send("hi")
+            assert (await conn.receive(timeout=5)).data == "hi"
+            assert conn.url == url  # the real URL was dialled and is still available
+            await conn.close()
+    assert "connected" in caplog.text
+    _assert_no_secret([*texts, caplog.text])
+
+
+async def test_pool_with_a_url_token_hides_it_in_status_errors_and_logs(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Backend id, health_status() errors, acquire errors and INFO logs hide both secrets."""
+    async with HandshakePeer(401) as peer:
+        url = f"{peer.url}?token={QUERY_SECRET}"
+        # No warm connection: the acquire itself opens one, so its error chains
+        # the ConnectError (and whatever that ConnectError keeps reachable).
+        pool = WebSocketPool(**{**FAST, "backends": [url], "auth": TOKEN, "min_connections": 0})
+        with caplog.at_level(logging.DEBUG, logger="wsclient"):
+            async with pool:
+                with pytest.raises(Exception) as info:
+                    await pool.acquire(timeout=2)
+                status = pool.health_status()
+        assert peer.requests[0].header("Authorization") == f"Bearer {TOKEN}"
+        (backend_id,) = status
+        health = status[backend_id].model_dump()
+    assert any(isinstance(e, ConnectError) for e in _chain(info.value))
+    assert backend_id == f"{peer.url}?token=***"
+    assert "401" in (health["last_error"] or "")
+    health.pop("url")  # built in backend.py; see the xfail test below
+    _assert_no_secret([repr(health), repr(pool), *_exception_texts(info.value), caplog.text])
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BackendHealth.url is filled in backend.py (outside this change): it needs "
+    "redact_url(self.url)",
+)
+async def test_health_status_url_field_hides_the_query_value() -> None:
+    pool = WebSocketPool(
+        **{**FAST, "backends": [f"ws://127.0.0.1:9/ws?token={QUERY_SECRET}"]},
+        min_connections=0,
+    )
+    async with pool:
+        (health,) = pool.health_status().values()
+    assert QUERY_SECRET not in health.url
+
+
+async def test_backend_repr_and_config_repr_hide_url_tokens() -> None:
+    backend = Backend(id="b", url=f"ws://127.0.0.1:9/ws?token={QUERY_SECRET}", auth=TOKEN)
+    _assert_no_secret([repr(backend), str(backend)])
