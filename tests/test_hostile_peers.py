@@ -6,20 +6,29 @@ Each test runs a real peer on 127.0.0.1; none mocks a socket.
 from __future__ import annotations
 
 import logging
+import ssl
 import traceback
 from collections.abc import Iterator
 
 import pytest
+import trustme
+from aiohttp import web
+from pydantic import SecretStr
 
-from wsclient import Backend, BearerAuth, ConnectError, WebSocketPool, connect
+from wsclient import ApiKeyAuth, Backend, BearerAuth, ConnectError, WebSocketPool, connect
 from wsclient.testing import BackendServer
-from wsclient.testing.peers import HandshakePeer
+from wsclient.testing.peers import HandshakePeer, RedirectingPeer
 
 from .conftest import FAST
 
 TOKEN = "s3cret-XYZ"
 QUERY_SECRET = "s3cret-QRS"
 SECRETS = (TOKEN, QUERY_SECRET)
+
+
+@pytest.fixture(scope="module")
+def ca() -> trustme.CA:
+    return trustme.CA()
 
 
 def _chain(exc: BaseException) -> Iterator[BaseException]:
@@ -136,3 +145,85 @@ async def test_health_status_url_field_hides_the_query_value() -> None:
 async def test_backend_repr_and_config_repr_hide_url_tokens() -> None:
     backend = Backend(id="b", url=f"ws://127.0.0.1:9/ws?token={QUERY_SECRET}", auth=TOKEN)
     _assert_no_secret([repr(backend), str(backend)])
+
+
+# -- 1. handshake redirects ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("status", [301, 302, 303, 307, 308])
+async def test_handshake_redirect_is_not_followed(status: int) -> None:
+    """A 30x on the upgrade is a ConnectError naming status and Location; the target
+    never sees a request, so the API key, custom headers and token stay home."""
+    async with HandshakePeer() as target:
+        location = f"{target.url}?sig={QUERY_SECRET}"
+        async with RedirectingPeer(location, status=status) as redirector:
+            with pytest.raises(ConnectError) as info:
+                await connect(
+                    redirector.url,
+                    auth=ApiKeyAuth(key=SecretStr(TOKEN)),
+                    headers={"X-Custom": "custom-value"},
+                    connect_timeout=5,
+                )
+            assert redirector.requests[0].header("X-API-Key") == TOKEN
+        assert target.requests == []
+    err = info.value
+    assert err.status == status
+    assert f"redirected with HTTP {status}" in str(err)
+    assert f"{target.url}?sig=***" in str(err)  # the Location, its query value masked
+    assert "not followed" in str(err)
+    _assert_no_secret(_exception_texts(err))
+
+
+async def test_wss_redirect_to_plain_http_is_refused(ca: trustme.CA) -> None:
+    """A wss:// backend redirecting to http:// (a TLS downgrade) is refused too."""
+
+    async def redirect(request: web.Request) -> web.StreamResponse:
+        raise web.HTTPTemporaryRedirect(target.http_url + "/ws")
+
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("localhost", "127.0.0.1").configure_cert(server_ctx)
+    client_ctx = ssl.create_default_context()
+    ca.configure_trust(client_ctx)
+    app = web.Application()
+    app.router.add_get("/ws", redirect)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    try:
+        async with HandshakePeer() as target:
+            site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=server_ctx)
+            await site.start()
+            port = runner.addresses[0][1]
+            with pytest.raises(ConnectError, match=r"redirected with HTTP 307 to 'http://"):
+                await connect(
+                    f"wss://localhost:{port}/ws",
+                    ssl=client_ctx,
+                    auth=BearerAuth(token=TOKEN),
+                    headers={"X-Custom": "custom-value"},
+                    connect_timeout=5,
+                )
+            assert target.requests == []
+    finally:
+        await runner.cleanup()
+
+
+async def test_redirect_with_userinfo_in_location_is_masked() -> None:
+    async with RedirectingPeer(f"ws://admin:{QUERY_SECRET}@127.0.0.1:9/ws") as redirector:
+        with pytest.raises(ConnectError) as info:
+            await connect(redirector.url, connect_timeout=5)
+    assert "'ws://***@127.0.0.1:9/ws'" in str(info.value)
+    _assert_no_secret(_exception_texts(info.value))
+
+
+async def test_pooled_handshake_redirect_fails_the_connect_and_reaches_nobody() -> None:
+    """The pool's connections use the same refusing session: the target stays untouched."""
+    async with HandshakePeer() as target, RedirectingPeer(target.url) as redirector:
+        pool = WebSocketPool(
+            **{**FAST, "backends": [redirector.url], "auth": TOKEN, "min_connections": 0}
+        )
+        async with pool:
+            with pytest.raises(Exception) as info:
+                await pool.acquire(timeout=2)
+            (health,) = pool.health_status().values()
+        assert target.requests == []
+    assert any(isinstance(e, ConnectError) for e in _chain(info.value))
+    assert "redirected with HTTP 307" in (health.last_error or "")

@@ -808,6 +808,8 @@ async def _handshake(
 
 def describe_connect_error(exc: BaseException) -> str:
     """Why a connect or handshake failed, in words, with no credential in them."""
+    if isinstance(exc, HandshakeRedirectError):
+        return str(exc)
     if isinstance(exc, aiohttp.WSServerHandshakeError):
         if exc.status == 101:
             return f"invalid handshake response: {exc.message}"
@@ -823,9 +825,51 @@ def describe_connect_error(exc: BaseException) -> str:
     return redact_text(f"{type(exc).__name__}: {exc}")
 
 
+class HandshakeRedirectError(aiohttp.ClientError):
+    """The server answered the WebSocket upgrade with a redirect; it is not followed."""
+
+    def __init__(self, status: int, location: str | None) -> None:
+        self.status = status
+        self.location = location
+        super().__init__(status, redact_url(location) if location is not None else None)
+
+    def __str__(self) -> str:
+        where = repr(redact_url(self.location)) if self.location is not None else "no Location"
+        return (
+            f"handshake redirected with HTTP {self.status} to {where} (redirects are not followed)"
+        )
+
+
+async def _refuse_handshake_redirect(
+    session: aiohttp.ClientSession,
+    context: Any,
+    params: aiohttp.TraceRequestRedirectParams,
+) -> None:
+    # aiohttp's ws_connect() follows redirects and has no option to stop it: the
+    # upgrade request would carry X-API-Key, custom headers (and, same origin,
+    # the bearer token) to wherever the Location points, wss:// -> http://
+    # included. The redirect signal fires before the redirect is followed, and
+    # raising here makes aiohttp close the response and fail the request.
+    if params.headers.get("Upgrade", "").lower() == "websocket":
+        raise HandshakeRedirectError(
+            params.response.status, params.response.headers.get("Location")
+        )
+
+
+def _no_handshake_redirects() -> aiohttp.TraceConfig:
+    trace = aiohttp.TraceConfig()
+    trace.on_request_redirect.append(_refuse_handshake_redirect)
+    return trace
+
+
 def new_session() -> aiohttp.ClientSession:
-    """A session whose connector does not cap open WebSockets (aiohttp's default is 100)."""
-    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0, limit_per_host=0))
+    """A session for WebSockets: no cap on open connections (aiohttp's default is 100),
+    and WebSocket handshakes never follow redirects (plain HTTP requests, such as
+    health checks on a path, still do)."""
+    return aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=0, limit_per_host=0),
+        trace_configs=[_no_handshake_redirects()],
+    )
 
 
 async def connect(url: str, **options: Any) -> Connection:
