@@ -227,3 +227,52 @@ async def test_pooled_handshake_redirect_fails_the_connect_and_reaches_nobody() 
         assert target.requests == []
     assert any(isinstance(e, ConnectError) for e in _chain(info.value))
     assert "redirected with HTTP 307" in (health.last_error or "")
+
+
+# -- 5. a subprotocol the client never offered -----------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("offered", "needle"),
+    [
+        ((), "server selected subprotocol 'evil' but the client offered none"),
+        (("chat.v1", "chat.v2"), "server selected subprotocol 'evil', which is not one of the 2"),
+    ],
+)
+async def test_unoffered_subprotocol_fails_the_connection(
+    offered: tuple[str, ...], needle: str
+) -> None:
+    """RFC 6455 §4.1: the client fails the connection; the TCP connection is torn down."""
+    async with HandshakePeer(101, {"Sec-WebSocket-Protocol": "evil"}) as peer:
+        with pytest.raises(ConnectError, match=needle) as info:
+            await connect(peer.url, protocols=offered, connect_timeout=5)
+        assert len(peer.requests) == 1
+        await peer.wait_for_open_connections(0, timeout=2)
+    assert info.value.__cause__ is None and info.value.__context__ is None
+
+
+async def test_offered_subprotocols_are_not_quoted_in_the_error() -> None:
+    """Offered subprotocols may be credentials: the error counts them, it does not list them."""
+    async with HandshakePeer(101, {"Sec-WebSocket-Protocol": "evil"}) as peer:
+        with pytest.raises(ConnectError) as info:
+            await connect(peer.url, protocols=(f"token.{TOKEN}",), connect_timeout=5)
+    _assert_no_secret(_exception_texts(info.value))
+
+
+async def test_selected_subprotocol_that_was_offered_is_accepted() -> None:
+    async with HandshakePeer(101, {"Sec-WebSocket-Protocol": "chat.v2"}) as peer:
+        conn = await connect(peer.url, protocols=("chat.v1", "chat.v2"), connect_timeout=5)
+        assert conn.protocol == "chat.v2"
+        conn.drop()
+        await peer.wait_for_open_connections(0, timeout=2)
+
+
+async def test_pooled_connect_to_an_unoffered_subprotocol_counts_as_a_failure() -> None:
+    async with HandshakePeer(101, {"Sec-WebSocket-Protocol": "evil"}) as peer:
+        pool = WebSocketPool(**{**FAST, "backends": [peer.url], "min_connections": 0})
+        async with pool:
+            with pytest.raises(Exception) as info:
+                await pool.acquire(timeout=2)
+            (health,) = pool.health_status().values()
+    assert any(isinstance(e, ConnectError) for e in _chain(info.value))
+    assert "client offered none" in (health.last_error or "")

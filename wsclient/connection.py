@@ -22,12 +22,15 @@ level, so they need no reader.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import itertools
 import json
 import logging
 import os
+import socket
 import ssl
+import struct
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any, NamedTuple
@@ -443,6 +446,44 @@ class _Link:
             await session.close()
 
 
+_LINGER_RESET = struct.pack("ii", 1, 0)
+
+
+def abort_ws(ws: aiohttp.ClientWebSocketResponse) -> None:
+    """Tear the TCP connection down at once: no close frame, nothing left queued.
+
+    aiohttp has no public abort for a client WebSocket; closing its response
+    calls ``transport.close()``, which waits to flush the write buffer first, so
+    against a peer that stopped reading the socket would stay open for good.
+    ``transport.abort()`` discards that buffer, and linger 0 makes the kernel
+    discard its own send queue too and answer with a RST, instead of queueing a
+    FIN behind megabytes the peer will never read.
+    """
+    # Closing the response alone leaves aiohttp's heartbeat timer armed.
+    cancel_heartbeat = getattr(ws, "_cancel_heartbeat", None)
+    if cancel_heartbeat is not None:
+        cancel_heartbeat()
+    writer = getattr(ws, "_writer", None)
+    transport: asyncio.BaseTransport | None = getattr(writer, "transport", None)
+    if transport is not None:
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+        abort = getattr(transport, "abort", None)
+        if callable(abort):
+            abort()
+        else:
+            transport.close()
+    if hasattr(ws, "_closed") and not ws.closed:
+        ws._closed = True  # nothing may be written or read any more
+        if ws.close_code is None:
+            ws._close_code = CloseCode.ABNORMAL_CLOSURE
+    response = getattr(ws, "_response", None)
+    if response is not None:
+        response.close()  # hands the (now aborted) connection back to the connector
+
+
 def _ignore_result(task: asyncio.Task[Any]) -> None:
     if not task.cancelled():
         task.exception()  # a failed pong shows up as a closed connection later
@@ -799,6 +840,10 @@ async def _handshake(
             autoclose=True,
             autoping=False,
         )
+    problem = _unoffered_protocol(ws, options.protocols)
+    if problem is not None:
+        abort_ws(ws)  # RFC 6455 §4.1: the client MUST _Fail the WebSocket Connection_
+        raise UnofferedProtocolError(problem)
     if heartbeat is not None and hasattr(ws, "_pong_heartbeat"):
         # aiohttp waits heartbeat/2 for a pong and offers no option; our
         # heartbeat.timeout is the documented contract, so set it.
@@ -806,9 +851,44 @@ async def _handshake(
     return ws
 
 
+class UnofferedProtocolError(aiohttp.ClientError):
+    """The server selected a subprotocol the client did not offer."""
+
+
+def _unoffered_protocol(
+    ws: aiohttp.ClientWebSocketResponse, offered: tuple[str, ...]
+) -> str | None:
+    """Why the server's ``Sec-WebSocket-Protocol`` answer is unacceptable, or None.
+
+    aiohttp quietly reports ``protocol=None`` when the server picks something
+    that was not offered, and the connection goes on speaking a protocol
+    neither side agreed on.
+    """
+    response = getattr(ws, "_response", None)
+    if response is None:
+        return None
+    answers = response.headers.getall("Sec-WebSocket-Protocol", [])
+    if not answers:
+        return None
+    # Offered subprotocols may carry credentials (some APIs pass a token that
+    # way): the message counts them, it does not list them. The server's pick is
+    # quoted only if short, so an echoed token is not printed either.
+    selected = ", ".join(answers)
+    shown = repr(selected) if len(selected) <= 32 else f"a {len(selected)}-character value"
+    if not offered:
+        return f"server selected subprotocol {shown} but the client offered none"
+    values = [value.strip() for value in selected.split(",")]
+    if len(values) != 1 or values[0] not in offered:
+        return (
+            f"server selected subprotocol {shown}, which is not one of the "
+            f"{len(offered)} the client offered"
+        )
+    return None
+
+
 def describe_connect_error(exc: BaseException) -> str:
     """Why a connect or handshake failed, in words, with no credential in them."""
-    if isinstance(exc, HandshakeRedirectError):
+    if isinstance(exc, HandshakeRedirectError | UnofferedProtocolError):
         return str(exc)
     if isinstance(exc, aiohttp.WSServerHandshakeError):
         if exc.status == 101:

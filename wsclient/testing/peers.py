@@ -242,6 +242,10 @@ class _RawPeer:
         """Return once ``n`` requests have arrived; ``TimeoutError`` after ``timeout``."""
         await self._wait(lambda: len(self.requests) >= n, timeout)
 
+    async def wait_for_open_connections(self, n: int, timeout: float = 5.0) -> None:
+        """Return once exactly ``n`` client connections are open on the peer's side."""
+        await self._wait(lambda: len(self._socks) == n, timeout)
+
     async def _wait(self, predicate: Callable[[], bool], timeout: float) -> None:
         async with asyncio.timeout(timeout):
             while not predicate():
