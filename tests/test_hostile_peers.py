@@ -5,17 +5,31 @@ Each test runs a real peer on 127.0.0.1; none mocks a socket.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import ssl
 import traceback
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from types import SimpleNamespace
+from typing import cast
 
 import pytest
 import trustme
 from aiohttp import web
 from pydantic import SecretStr
 
-from wsclient import ApiKeyAuth, Backend, BearerAuth, ConnectError, WebSocketPool, connect
+from wsclient import (
+    ApiKeyAuth,
+    Backend,
+    BearerAuth,
+    ConnectError,
+    PoolConfig,
+    WebSocketPool,
+    connect,
+)
+from wsclient.backend import BackendState
+from wsclient.connection import new_session
+from wsclient.health import HealthChecker, ProbeResult
 from wsclient.testing import BackendServer
 from wsclient.testing.peers import HandshakePeer, RedirectingPeer
 
@@ -276,3 +290,105 @@ async def test_pooled_connect_to_an_unoffered_subprotocol_counts_as_a_failure() 
             (health,) = pool.health_status().values()
     assert any(isinstance(e, ConnectError) for e in _chain(info.value))
     assert "client offered none" in (health.last_error or "")
+
+
+# -- 4. TLS verification failures are named as such ------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def _tls_server(ca: trustme.CA, *names: str) -> AsyncIterator[int]:
+    """A wss:// echo server (and /health) whose certificate ``ca`` issued for ``names``."""
+
+    async def echo(request: web.Request) -> web.StreamResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        async for msg in ws:
+            await ws.send_str(msg.data)
+        return ws
+
+    async def health(request: web.Request) -> web.StreamResponse:
+        return web.Response(text="ok")
+
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert(*names).configure_cert(server_ctx)
+    app = web.Application()
+    app.router.add_get("/ws", echo)
+    app.router.add_get("/health", health)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=server_ctx)
+        await site.start()
+        yield runner.addresses[0][1]
+    finally:
+        await runner.cleanup()
+
+
+def _trusting(ca: trustme.CA) -> ssl.SSLContext:
+    ctx = ssl.create_default_context()
+    ca.configure_trust(ctx)
+    return ctx
+
+
+async def _probe(url: str, path: str | None, tls: ssl.SSLContext | None) -> ProbeResult:
+    """Run the health checker's probe once against ``url`` (no pool needed around it)."""
+    config = PoolConfig(backends=[Backend(id="b", url=url, ssl=tls)], health_check={"path": path})
+    state = BackendState(config.backends[0], config, config.connection_defaults())
+    session = new_session()
+    try:
+        owner = SimpleNamespace(config=config, _session=session)
+        return await HealthChecker(cast(WebSocketPool, owner)).probe(state)
+    finally:
+        await session.close()
+
+
+# (client trusts the CA?, certificate names, host dialled, expected verify message)
+TLS_FAILURES = [
+    pytest.param(False, ("localhost",), "localhost", "unable to get local issuer", id="unknown-ca"),
+    pytest.param(True, ("other.test",), "localhost", "Hostname mismatch", id="wrong-host"),
+]
+
+
+@pytest.mark.parametrize(("trusted", "names", "host", "verify_message"), TLS_FAILURES)
+async def test_connect_names_a_certificate_verification_failure(
+    ca: trustme.CA, trusted: bool, names: tuple[str, ...], host: str, verify_message: str
+) -> None:
+    async with _tls_server(ca, *names) as port:
+        with pytest.raises(ConnectError) as info:
+            await connect(
+                f"wss://{host}:{port}/ws",
+                ssl=_trusting(ca) if trusted else None,
+                connect_timeout=5,
+            )
+    text = str(info.value)
+    assert "TLS certificate verification failed" in text
+    assert verify_message in text
+    assert "Operation not permitted" not in text
+
+
+@pytest.mark.parametrize("path", [None, "/health"], ids=["ws-probe", "http-probe"])
+@pytest.mark.parametrize(("trusted", "names", "host", "verify_message"), TLS_FAILURES)
+async def test_health_probe_names_a_certificate_verification_failure(
+    ca: trustme.CA,
+    path: str | None,
+    trusted: bool,
+    names: tuple[str, ...],
+    host: str,
+    verify_message: str,
+) -> None:
+    """The probe's error (what health_status() shows as last_error) says TLS, not errno 1."""
+    async with _tls_server(ca, *names) as port:
+        result = await _probe(f"wss://{host}:{port}/ws", path, _trusting(ca) if trusted else None)
+    assert not result.ok
+    assert result.error is not None
+    assert "TLS certificate verification failed" in result.error
+    assert verify_message in result.error
+    assert "Operation not permitted" not in result.error
+
+
+async def test_health_probe_succeeds_when_the_ca_is_trusted(ca: trustme.CA) -> None:
+    """The probe helper above really probes: with the right CA the same server passes."""
+    async with _tls_server(ca, "localhost") as port:
+        for path in (None, "/health"):
+            result = await _probe(f"wss://localhost:{port}/ws", path, _trusting(ca))
+            assert result.ok, result.error
