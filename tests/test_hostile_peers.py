@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import ssl
 import traceback
 from collections.abc import AsyncIterator, Iterator
@@ -22,7 +23,9 @@ from wsclient import (
     ApiKeyAuth,
     Backend,
     BearerAuth,
+    CloseCode,
     ConnectError,
+    MessageTooBigError,
     PoolConfig,
     WebSocketPool,
     connect,
@@ -31,7 +34,7 @@ from wsclient.backend import BackendState
 from wsclient.connection import new_session
 from wsclient.health import HealthChecker, ProbeResult
 from wsclient.testing import BackendServer
-from wsclient.testing.peers import HandshakePeer, RedirectingPeer
+from wsclient.testing.peers import HandshakePeer, RedirectingPeer, SendingPeer
 
 from .conftest import FAST
 
@@ -392,3 +395,68 @@ async def test_health_probe_succeeds_when_the_ca_is_trusted(ca: trustme.CA) -> N
         for path in (None, "/health"):
             result = await _probe(f"wss://localhost:{port}/ws", path, _trusting(ca))
             assert result.ok, result.error
+
+
+# -- 3. the size limit is inclusive with compression too -------------------------------
+
+LIMIT = 64 * 1024
+
+
+@pytest.mark.parametrize("compression", [False, True], ids=["plain", "deflate"])
+@pytest.mark.parametrize(
+    ("fits", "too_big"),
+    [
+        pytest.param(b"x" * LIMIT, b"y" * (LIMIT + 1), id="binary"),
+        pytest.param("x" * LIMIT, "y" * (LIMIT + 1), id="text"),
+        # Two UTF-8 bytes per character: the limit counts bytes, not characters.
+        pytest.param("é" * (LIMIT // 2), "é" * (LIMIT // 2) + "!", id="text-utf8"),
+    ],
+)
+async def test_message_of_exactly_the_limit_is_delivered_one_more_byte_is_refused(
+    compression: bool, fits: str | bytes, too_big: str | bytes
+) -> None:
+    """max_message_size is inclusive in both modes; the oversize message closes with 1009.
+
+    (With compression aiohttp let limit + 1 bytes through: it checks the inflated
+    size with '>' where it checks a frame with '>='.)
+    """
+    async with SendingPeer([fits, too_big], compress=compression) as peer:
+        conn = await connect(peer.url, compression=compression, max_message_size=LIMIT)
+        try:
+            assert (await conn.receive(timeout=5)).data == fits
+            with pytest.raises(MessageTooBigError):
+                await conn.receive(timeout=5)
+            assert conn.close_code == CloseCode.MESSAGE_TOO_BIG
+            assert not conn.connected
+        finally:
+            await conn.close()
+        await peer.wait_for_closes(1)
+    assert peer.compressed_clients == (1 if compression else 0)
+    assert peer.close_codes == [CloseCode.MESSAGE_TOO_BIG]
+
+
+async def test_incompressible_message_of_exactly_the_limit_is_delivered() -> None:
+    """Random bytes grow a little when deflated; the limit is on the message, not the frame."""
+    payload = os.urandom(LIMIT)
+    async with SendingPeer([payload, os.urandom(LIMIT + 1)], compress=True) as peer:
+        conn = await connect(peer.url, compression=True, max_message_size=LIMIT)
+        try:
+            assert (await conn.receive(timeout=5)).data == payload
+            with pytest.raises(MessageTooBigError):
+                await conn.receive(timeout=5)
+        finally:
+            await conn.close()
+    assert peer.compressed_clients == 1
+
+
+async def test_oversize_compressed_message_on_an_idle_pooled_link_closes_it_with_1009() -> None:
+    """An idle pooled link measures inflated messages too; the pool then replaces it."""
+    async with SendingPeer([b"z" * (LIMIT + 1)], compress=True) as peer:
+        pool = WebSocketPool(
+            **{**FAST, "backends": [peer.url], "min_connections": 1},
+            compression=True,
+            max_message_size=LIMIT,
+        )
+        async with pool:
+            await peer.wait_for_closes(1)
+        assert peer.close_codes[0] == CloseCode.MESSAGE_TOO_BIG

@@ -32,7 +32,7 @@ import socket
 import ssl
 import struct
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any, NamedTuple
 
 import aiohttp
@@ -177,11 +177,13 @@ class _Link:
         "client_initiated",
         "close_code",
         "close_reason",
+        "close_timeout",
         "created_at",
         "dirty",
         "expires_at",
         "generation",
         "id",
+        "inflating",
         "last_used",
         "max_message_size",
         "on_closed",
@@ -205,12 +207,17 @@ class _Link:
         url: str,
         backend_id: str,
         max_message_size: int,
+        close_timeout: float = 5.0,
     ) -> None:
         self.ws = ws
         self.url = url
         self.backend_id = backend_id
         self.id = f"conn-{next(_ids)}"
         self.max_message_size = max_message_size
+        self.close_timeout = close_timeout
+        # permessage-deflate negotiated and a size limit set: every data message is
+        # measured after inflating (see too_big()).
+        self.inflating = bool(max_message_size and getattr(ws, "compress", 0))
         self.state = ConnectionState.OPEN
         self.close_code: int | None = None
         self.close_reason = ""
@@ -303,6 +310,9 @@ class _Link:
             return
         msg = task.result()
         if msg.type in _DATA_TYPES:
+            if self.inflating and self.too_big(msg.data):
+                self._refuse_oversize_in_background(msg.data)
+                return
             if self.on_idle_message is not None:
                 self.on_idle_message(self, _to_message(msg))
         elif msg.type is WSMsgType.PING:
@@ -313,6 +323,42 @@ class _Link:
             self.absorb_close(msg)
             return
         self.start_idle_read()
+
+    # -- size limit after inflating --------------------------------------------
+    # aiohttp checks a frame's wire size with ">=" but an inflated message's
+    # size with ">", so with compression a message of limit + 1 bytes got
+    # through. It is handed a looser limit on compressed links (a message of
+    # exactly the limit can take a few more bytes on the wire when it does not
+    # compress) and the exact, inclusive limit is applied here.
+
+    def too_big(self, data: str | bytes) -> bool:
+        limit = self.max_message_size
+        if isinstance(data, bytes):
+            return len(data) > limit
+        # A str's UTF-8 size is between len and 4*len: encode only when it matters.
+        return len(data) > limit or (len(data) * 4 > limit and len(data.encode()) > limit)
+
+    def _oversize_reason(self, data: str | bytes) -> tuple[int, str]:
+        size = len(data) if isinstance(data, bytes) else len(data.encode())
+        return size, f"message of {size} bytes exceeds max_message_size={self.max_message_size}"
+
+    async def refuse_oversize(self, data: str | bytes) -> MessageTooBigError:
+        """Close with 1009 as aiohttp does for an oversize frame; return the error to raise."""
+        size, reason = self._oversize_reason(data)
+        self.set_state(ConnectionState.ENDING)
+        await _close_ws(self.ws, CloseCode.MESSAGE_TOO_BIG, b"message too big", self.close_timeout)
+        self.mark_closed(CloseCode.MESSAGE_TOO_BIG, reason)
+        return MessageTooBigError(size, self.max_message_size)
+
+    def _refuse_oversize_in_background(self, data: str | bytes) -> None:
+        # Idle: nobody awaits this link, so the close handshake runs in a task;
+        # the link is closed for the pool at once (1009, the same as aiohttp's
+        # own oversize path, which the pool counts against the backend).
+        _size, reason = self._oversize_reason(data)
+        self.mark_closed(CloseCode.MESSAGE_TOO_BIG, reason)
+        _spawn(
+            _close_ws(self.ws, CloseCode.MESSAGE_TOO_BIG, b"message too big", self.close_timeout)
+        )
 
     # -- ping / pong -----------------------------------------------------------
     # autoping is off so that pongs reach us: validate_on_checkout waits for one.
@@ -482,6 +528,42 @@ def abort_ws(ws: aiohttp.ClientWebSocketResponse) -> None:
     response = getattr(ws, "_response", None)
     if response is not None:
         response.close()  # hands the (now aborted) connection back to the connector
+
+
+async def _close_ws(
+    ws: aiohttp.ClientWebSocketResponse, code: int, message: bytes, timeout: float
+) -> None:
+    """Close handshake bounded by ``timeout`` overall, then abort whatever is left.
+
+    aiohttp's own close() applies its timeout to each read while it waits for
+    the peer's close frame, and throws away data frames meanwhile: a peer that
+    ignores the close frame and sends a small message every so often keeps it
+    waiting forever. Sending the close frame can block too, behind a peer that
+    stopped reading.
+    """
+    completed = False
+    try:
+        async with asyncio.timeout(timeout):
+            await ws.close(code=code, message=message)
+        completed = True
+    except TimeoutError:
+        logger.debug("close handshake not finished within %s s: aborting", timeout)
+    except Exception as exc:  # the peer vanished mid-close: nothing more to do
+        logger.debug("close handshake failed: %r", exc)
+    finally:
+        # After a completed handshake the TCP close stays graceful (a RST then
+        # would be rude and could cut the peer's last bytes); otherwise, and on
+        # cancellation, nothing may linger.
+        if not completed:
+            abort_ws(ws)
+
+
+def _spawn(coro: Coroutine[Any, Any, None]) -> None:
+    """Run a fire-and-forget cleanup, holding a reference until it is done."""
+    task = asyncio.get_running_loop().create_task(coro)
+    _background.add(task)
+    task.add_done_callback(_background.discard)
+    task.add_done_callback(_ignore_result)
 
 
 def _ignore_result(task: asyncio.Task[Any]) -> None:
@@ -662,6 +744,8 @@ class Connection:
                         _undo_abnormal_mark(link.ws)
                         raise
                 kind = msg.type
+                if link.inflating and kind in _DATA_TYPES and link.too_big(msg.data):
+                    raise await link.refuse_oversize(msg.data)
                 if kind is WSMsgType.TEXT:
                     link.dirty = False
                     return Message(MessageType.TEXT, msg.data)
@@ -810,7 +894,11 @@ async def open_link(
             )
         else:
             return _Link(
-                ws, url=url, backend_id=backend_id, max_message_size=options.max_message_size
+                ws,
+                url=url,
+                backend_id=backend_id,
+                max_message_size=options.max_message_size,
+                close_timeout=options.close_timeout,
             )
     # Raised here, outside the except blocks, so that __context__ stays None too
     # (``raise ... from None`` only hides the context; it still holds it). The
@@ -832,8 +920,7 @@ async def _handshake(
             protocols=options.protocols,
             headers=headers,
             heartbeat=heartbeat,
-            # aiohttp refuses a frame of exactly max_msg_size; ours is inclusive.
-            max_msg_size=options.max_message_size + 1 if options.max_message_size else 0,
+            max_msg_size=_aiohttp_size_limit(options.max_message_size, options.compression),
             compress=15 if options.compression else 0,
             ssl=_ssl_argument(options.ssl),
             timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=options.close_timeout),
@@ -849,6 +936,19 @@ async def _handshake(
         # heartbeat.timeout is the documented contract, so set it.
         ws._pong_heartbeat = options.heartbeat.timeout
     return ws
+
+
+def _aiohttp_size_limit(limit: int, compression: bool) -> int:
+    """aiohttp's ``max_msg_size`` for our inclusive ``max_message_size``."""
+    if not limit:
+        return 0
+    if not compression:
+        return limit + 1  # aiohttp refuses a frame of exactly max_msg_size
+    # Compressed: aiohttp's bound applies to the frame on the wire and to the
+    # inflated message; an incompressible message of exactly `limit` bytes is
+    # a little longer on the wire (stored deflate blocks; zlib's compressBound
+    # plus a margin). The exact limit is checked by _Link.too_big().
+    return limit + (limit >> 12) + (limit >> 14) + 64
 
 
 class UnofferedProtocolError(aiohttp.ClientError):

@@ -571,6 +571,9 @@ class SendingPeer:
         self.port = 0
         self.compressed_clients = 0
         """Clients that negotiated permessage-deflate."""
+        self.close_codes: list[int | None] = []
+        """The close code of each finished client connection (None: no close frame)."""
+        self._changed = asyncio.Event()
 
     @property
     def url(self) -> str:
@@ -592,7 +595,16 @@ class SendingPeer:
                         await ws.send_bytes(message)
                 async for _ in ws:
                     pass
+        self.close_codes.append(ws.close_code)
+        self._changed.set()
         return ws
+
+    async def wait_for_closes(self, n: int, timeout: float = 5.0) -> None:
+        """Return once ``n`` client connections have finished."""
+        async with asyncio.timeout(timeout):
+            while len(self.close_codes) < n:
+                self._changed.clear()
+                await self._changed.wait()
 
     async def start(self) -> None:
         app = web.Application()
