@@ -5,6 +5,7 @@ Each test runs a real peer on 127.0.0.1; none mocks a socket.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
@@ -25,6 +26,9 @@ from wsclient import (
     BearerAuth,
     CloseCode,
     ConnectError,
+    Connection,
+    ConnectionClosedError,
+    ConnectionState,
     MessageTooBigError,
     PoolConfig,
     WebSocketPool,
@@ -34,7 +38,13 @@ from wsclient.backend import BackendState
 from wsclient.connection import new_session
 from wsclient.health import HealthChecker, ProbeResult
 from wsclient.testing import BackendServer
-from wsclient.testing.peers import HandshakePeer, RedirectingPeer, SendingPeer
+from wsclient.testing.peers import (
+    CloseIgnoringPeer,
+    HandshakePeer,
+    NeverReadingPeer,
+    RedirectingPeer,
+    SendingPeer,
+)
 
 from .conftest import FAST
 
@@ -460,3 +470,96 @@ async def test_oversize_compressed_message_on_an_idle_pooled_link_closes_it_with
         async with pool:
             await peer.wait_for_closes(1)
         assert peer.close_codes[0] == CloseCode.MESSAGE_TOO_BIG
+
+
+# -- 7. close() is bounded overall, drop() aborts the socket ---------------------------
+
+CLOSE_TIMEOUT = 1.0
+# Scheduling slack on a loaded 2-core machine; well below the per-read
+# timeout aiohttp used to restart on every message.
+MARGIN = 0.75
+
+
+async def _timed_close(conn: Connection) -> float:
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    try:
+        # Bounded here too, so the old behaviour (never returning) fails the test
+        # instead of hanging it.
+        async with asyncio.timeout(CLOSE_TIMEOUT + 3):
+            await conn.close()
+    finally:
+        conn.drop()  # a no-op after a close that finished
+    return loop.time() - started
+
+
+async def test_close_is_bounded_against_a_dribbling_peer_that_ignores_the_close_frame() -> None:
+    """A small message every 0.3 s restarted aiohttp's per-read close timeout forever."""
+    async with CloseIgnoringPeer(interval=0.3) as peer:
+        conn = await connect(peer.url, close_timeout=CLOSE_TIMEOUT)
+        assert (await conn.receive(timeout=5)).data == "tick"
+        elapsed = await _timed_close(conn)
+        assert CLOSE_TIMEOUT - 0.05 <= elapsed <= CLOSE_TIMEOUT + MARGIN
+        assert peer.close_frames == 1  # the close frame was sent, just never answered
+        assert conn.state is ConnectionState.CLOSED
+        # The socket was torn down when the time was up: the peer sees it go.
+        await peer.wait_for_open_connections(0, timeout=1)
+        assert peer.messages_sent >= 3  # it kept dribbling while close() waited
+
+
+async def test_close_is_bounded_against_a_peer_that_stopped_reading() -> None:
+    """With the send buffer full, even writing the close frame blocks: still bounded."""
+    async with NeverReadingPeer() as peer:
+        conn = await connect(peer.url, close_timeout=CLOSE_TIMEOUT, heartbeat={"interval": None})
+        await peer.wait_for_connections(1)
+        sender = asyncio.create_task(conn.send(b"x" * (4 * 1024 * 1024)))
+        try:
+            done, _ = await asyncio.wait({sender}, timeout=0.5)
+            assert not done  # stuck behind the peer's full buffers, as intended
+            elapsed = await _timed_close(conn)
+            assert elapsed <= CLOSE_TIMEOUT + MARGIN
+            with pytest.raises(ConnectionClosedError):
+                await asyncio.wait_for(sender, 1)
+        finally:
+            sender.cancel()
+            await asyncio.gather(sender, return_exceptions=True)
+        assert await peer.wait_disconnect(timeout=1) == "reset"
+
+
+async def test_drop_aborts_the_socket_of_a_peer_that_stopped_reading() -> None:
+    """drop() resets the TCP connection at once; it does not linger to flush megabytes.
+
+    A graceful transport.close() keeps the socket ESTABLISHED until the buffered
+    data is delivered: to a peer that never reads, never. The peer here reads
+    only after the drop, and must see a reset long before it could have read
+    everything the client had queued.
+    """
+    payload = b"x" * (4 * 1024 * 1024)
+    async with NeverReadingPeer() as peer:
+        conn = await connect(peer.url, heartbeat={"interval": None})
+        await peer.wait_for_connections(1)
+        sender = asyncio.create_task(conn.send(payload))
+        try:
+            done, _ = await asyncio.wait({sender}, timeout=0.5)
+            assert not done  # megabytes queued on the client's side
+            conn.drop()
+            assert conn.state is ConnectionState.CLOSED
+            assert conn.close_code == CloseCode.ABNORMAL_CLOSURE
+            with pytest.raises(ConnectionClosedError):
+                await asyncio.wait_for(sender, 1)
+        finally:
+            sender.cancel()
+            await asyncio.gather(sender, return_exceptions=True)
+        assert await peer.wait_disconnect(timeout=1) == "reset"
+        assert peer.drained < len(payload)  # the client's backlog was discarded
+
+
+async def test_close_against_a_well_behaved_peer_returns_on_its_close_frame() -> None:
+    """The overall bound changes nothing for a peer that answers: close() ends with 1000."""
+    async with BackendServer() as server:
+        conn = await connect(server.url, close_timeout=CLOSE_TIMEOUT)
+        await server.wait_for_connections(1)
+        elapsed = await _timed_close(conn)
+        assert elapsed < CLOSE_TIMEOUT
+        assert conn.close_code == CloseCode.NORMAL
+        await server.wait_for_connections(0)

@@ -441,7 +441,12 @@ class _Link:
         return self.closed_error()
 
     async def close(self, code: int = CloseCode.NORMAL, reason: str = "") -> None:
-        """Close with a handshake (bounded by close_timeout), then release resources."""
+        """Close with a handshake, bounded by close_timeout overall, then release resources.
+
+        Past the timeout (a peer that ignores the close frame, or keeps sending,
+        or stopped reading so the close frame cannot even be written) the socket
+        is aborted.
+        """
         if self.state >= ConnectionState.ENDING:
             await self._release_session()
             return
@@ -450,9 +455,7 @@ class _Link:
         if self.close_code is None:
             self.close_code, self.close_reason = code, reason
         try:
-            await self.ws.close(code=code, message=reason.encode())
-        except Exception as exc:  # the peer vanished mid-close: nothing more to do
-            logger.debug("%s close handshake failed: %r", self.id, exc)
+            await _close_ws(self.ws, code, reason.encode(), self.close_timeout)
         finally:
             self._finish()
             await self._release_session()
@@ -464,15 +467,9 @@ class _Link:
         self.client_initiated = True
         if self.close_code is None:
             self.close_code, self.close_reason = CloseCode.ABNORMAL_CLOSURE, "dropped by client"
-        # Closing the response alone leaves aiohttp's heartbeat timer armed.
-        cancel_heartbeat = getattr(self.ws, "_cancel_heartbeat", None)
-        if cancel_heartbeat is not None:
-            cancel_heartbeat()
-        # aiohttp has no public abort for client WebSockets; closing the
-        # underlying response closes the socket without a close handshake.
-        response = getattr(self.ws, "_response", None)
-        if response is not None:
-            response.close()
+        # An abort, not transport.close(): that one would keep the socket open
+        # until its buffer is flushed, i.e. for good if the peer stopped reading.
+        abort_ws(self.ws)
         self._finish()
         if self.owned_session is not None:
             session, self.owned_session = self.owned_session, None
