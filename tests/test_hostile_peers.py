@@ -8,10 +8,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import ssl
 import traceback
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from types import SimpleNamespace
 from typing import cast
 
@@ -563,3 +564,77 @@ async def test_close_against_a_well_behaved_peer_returns_on_its_close_frame() ->
         assert elapsed < CLOSE_TIMEOUT
         assert conn.close_code == CloseCode.NORMAL
         await server.wait_for_connections(0)
+
+
+# -- send(timeout=) --------------------------------------------------------------------
+
+# Each over aiohttp's flow-control chunk (256 KiB), so each send waits for the buffer.
+BIG = 300_000
+
+
+async def test_send_timeout_against_a_peer_that_stopped_reading() -> None:
+    """Every send flavour raises TimeoutError at its timeout; the connection stays open."""
+    async with NeverReadingPeer() as peer:
+        conn = await connect(peer.url, heartbeat={"interval": None})
+        await peer.wait_for_connections(1)
+        loop = asyncio.get_running_loop()
+        sends: list[Callable[[], Awaitable[None]]] = [
+            lambda: conn.send(b"x" * (4 * 1024 * 1024), timeout=0.3),
+            lambda: conn.send("x" * BIG, timeout=0.3),
+            lambda: conn.send_text("x" * BIG, timeout=0.3),
+            lambda: conn.send_bytes(b"x" * BIG, timeout=0.3),
+            lambda: conn.send_json({"pad": "x" * BIG}, 0.3),
+        ]
+        try:
+            for send in sends:
+                started = loop.time()
+                with pytest.raises(TimeoutError, match=r"within 0\.3 s: the peer is not reading"):
+                    await send()
+                assert 0.25 <= loop.time() - started <= 0.3 + MARGIN
+                assert conn.connected
+                assert conn.state is ConnectionState.OPEN
+        finally:
+            conn.drop()
+        assert await peer.wait_disconnect(timeout=1) == "reset"
+
+
+async def test_a_timed_out_send_does_not_break_a_concurrent_or_later_send() -> None:
+    """Senders share aiohttp's drain future: the timeout must not cancel it for the others.
+
+    Cancelling that future would make the concurrent send, and every later one,
+    raise CancelledError as if its own task had been cancelled.
+    """
+    async with NeverReadingPeer() as peer:
+        conn = await connect(peer.url, heartbeat={"interval": None})
+        await peer.wait_for_connections(1)
+        try:
+            with pytest.raises(TimeoutError):
+                await conn.send(b"x" * (4 * 1024 * 1024), timeout=0.2)
+            other = asyncio.create_task(conn.send(b"y" * BIG, timeout=1.0))
+            with pytest.raises(TimeoutError):
+                await conn.send(b"z" * BIG, timeout=0.2)
+            with pytest.raises(TimeoutError):  # its own timeout, not a CancelledError
+                await asyncio.wait_for(other, 2)
+            with pytest.raises(TimeoutError):
+                await conn.send(b"w" * BIG, timeout=0.2)
+            assert conn.connected
+        finally:
+            conn.drop()
+        assert await peer.wait_disconnect(timeout=1) == "reset"
+
+
+async def test_send_with_a_timeout_to_a_reading_peer_just_sends() -> None:
+    async with BackendServer() as server:
+        conn = await connect(server.url)
+        try:
+            await conn.send("hello", timeout=1)
+            assert (await conn.receive(timeout=5)).data == "hello"
+            await conn.send_json({"a": 1}, timeout=1)
+            assert (await conn.receive_json(timeout=5)) == {"a": 1}
+            await conn.send_bytes(b"\x00\x01", timeout=0)  # 0: only if it can go now
+            assert (await conn.receive(timeout=5)).data == b"\x00\x01"
+            with pytest.raises(ValueError, match="NaN"):
+                await conn.send("x", timeout=math.nan)
+            assert conn.connected
+        finally:
+            await conn.close()

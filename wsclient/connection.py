@@ -663,38 +663,64 @@ class Connection:
             raise link.closed_error()
         return link
 
-    async def send(self, data: str | bytes | bytearray | memoryview) -> None:
-        """Send ``str`` as a text frame, bytes-like as a binary frame."""
+    async def send(
+        self, data: str | bytes | bytearray | memoryview, timeout: float | None = None
+    ) -> None:
+        """Send ``str`` as a text frame, bytes-like as a binary frame.
+
+        A send waits while the peer is not reading (flow control). With
+        ``timeout``, ``TimeoutError`` is raised once that many seconds have
+        passed; the message is then queued whole (never half a frame) and goes
+        out if the peer resumes reading, and the connection stays open: ``drop()``
+        it if the peer is stuck for good.
+        """
         # Kept flat (no send -> send_text -> write chain): it is on the hot path.
         link = self._writable()
+        if timeout is not None and timeout != timeout:
+            raise ValueError("send() timeout must be a number of seconds or None, not NaN")
         limit = link.max_message_size
         try:
             if isinstance(data, str):
                 # A str's UTF-8 size is between len and 4*len: encode only when it matters.
                 if limit and len(data) * 4 > limit and len(data.encode()) > limit:
                     raise MessageTooBigError(len(data.encode()), limit)
-                await link.ws.send_str(data)
+                if timeout is None:
+                    await link.ws.send_str(data)
+                else:
+                    await _bounded_send(link.ws.send_str(data), timeout)
             elif isinstance(data, bytes | bytearray | memoryview):
                 if limit and len(data) > limit:
                     raise MessageTooBigError(len(data), limit)
-                await link.ws.send_bytes(bytes(data))  # no copy when data is already bytes
+                payload = bytes(data)  # no copy when data is already bytes
+                if timeout is None:
+                    await link.ws.send_bytes(payload)
+                else:
+                    await _bounded_send(link.ws.send_bytes(payload), timeout)
             else:
                 raise TypeError(f"send() takes str or bytes, not {type(data).__name__}")
         except (ConnectionError, aiohttp.ClientConnectionError) as exc:
             raise self._write_failed(link, exc) from exc
 
-    async def send_text(self, data: str) -> None:
+    async def send_text(self, data: str, timeout: float | None = None) -> None:
         if not isinstance(data, str):
             raise TypeError(f"send_text() takes str, not {type(data).__name__}")
-        await self.send(data)
+        await self.send(data, timeout)
 
-    async def send_bytes(self, data: bytes | bytearray | memoryview) -> None:
+    async def send_bytes(
+        self, data: bytes | bytearray | memoryview, timeout: float | None = None
+    ) -> None:
         if not isinstance(data, bytes | bytearray | memoryview):
             raise TypeError(f"send_bytes() takes bytes, not {type(data).__name__}")
-        await self.send(data)
+        await self.send(data, timeout)
 
-    async def send_json(self, data: Any, *, dumps: Callable[[Any], str] = json.dumps) -> None:
-        await self.send(dumps(data))
+    async def send_json(
+        self,
+        data: Any,
+        timeout: float | None = None,
+        *,
+        dumps: Callable[[Any], str] = json.dumps,
+    ) -> None:
+        await self.send(dumps(data), timeout)
 
     @staticmethod
     def _write_failed(link: _Link, exc: BaseException) -> ConnectionClosedError:
@@ -811,6 +837,41 @@ class Connection:
     async def __aexit__(self, *exc_info: object) -> None:
         if self._link is not None:
             await self.close()
+
+
+async def _bounded_send(send: Coroutine[Any, Any, None], timeout: float) -> None:
+    # aiohttp writes the whole frame to the transport before it waits for the
+    # buffer to drain, so stopping the wait never leaves half a frame on the
+    # stream. The wait itself must not be cancelled, though: every sender
+    # waits on one shared drain future, and cancelling it would make the other
+    # senders (and every later send) raise CancelledError. So the send runs as
+    # a task behind a shield and, past the timeout, finishes (or fails with
+    # the connection) on its own.
+    task = asyncio.get_running_loop().create_task(send)
+    try:
+        async with asyncio.timeout(timeout):
+            await asyncio.shield(task)
+    except TimeoutError:
+        if task.done():
+            # It finished as the time ran out (with timeout=0 the task gets
+            # exactly one step: "send only if it can go now"): its outcome stands.
+            task.result()
+            return
+        _keep_until_done(task)
+        raise TimeoutError(
+            f"send not finished within {timeout} s: the peer is not reading "
+            "(the message stays queued)"
+        ) from None
+    except asyncio.CancelledError:
+        _keep_until_done(task)
+        raise
+
+
+def _keep_until_done(task: asyncio.Task[Any]) -> None:
+    if not task.done():
+        _background.add(task)
+        task.add_done_callback(_background.discard)
+    task.add_done_callback(_ignore_result)
 
 
 def _undo_abnormal_mark(ws: aiohttp.ClientWebSocketResponse) -> None:
