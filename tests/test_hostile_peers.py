@@ -41,8 +41,10 @@ from wsclient.health import HealthChecker, ProbeResult
 from wsclient.testing import BackendServer
 from wsclient.testing.peers import (
     CloseIgnoringPeer,
+    DribblingPeer,
     HandshakePeer,
     NeverReadingPeer,
+    PingFloodingPeer,
     RedirectingPeer,
     SendingPeer,
 )
@@ -638,3 +640,63 @@ async def test_send_with_a_timeout_to_a_reading_peer_just_sends() -> None:
             assert conn.connected
         finally:
             await conn.close()
+
+
+# -- the peers themselves ------------------------------------------------------------
+
+
+async def test_ping_flood_is_answered_pong_for_ping_without_task_growth() -> None:
+    """Every ping of a flood gets its pong from a reading connection; no task per ping."""
+    async with PingFloodingPeer(count=2_000) as peer:
+        conn = await connect(peer.url, heartbeat={"interval": None})
+        before = len(asyncio.all_tasks())
+        reader = asyncio.create_task(conn.receive())  # answers pings while it waits for data
+        try:
+            await peer.wait_for_pongs(2_000, timeout=10)
+            assert len(asyncio.all_tasks()) <= before + 1
+            assert not reader.done()
+            assert conn.connected
+        finally:
+            reader.cancel()
+            await asyncio.gather(reader, return_exceptions=True)
+            conn.drop()
+    assert peer.pings_sent == 2_000
+
+
+async def test_dribbling_peer_keeps_sending_and_ignores_close() -> None:
+    async with DribblingPeer(interval=0.05) as peer:
+        conn = await connect(peer.url, close_timeout=0.3)
+        for _ in range(3):
+            assert (await conn.receive(timeout=5)).data == "tick"
+        await conn.close()
+        assert peer.close_frames == 1
+        await peer.wait_for_open_connections(0, timeout=2)
+
+
+async def test_peers_refuse_connections_beyond_their_bound_and_leak_nothing() -> None:
+    """max_connections caps what a peer holds; stop() closes every socket it had."""
+    async with NeverReadingPeer(max_connections=2) as peer:
+        conns = [await connect(peer.url, heartbeat={"interval": None}) for _ in range(2)]
+        await peer.wait_for_connections(2)
+        with pytest.raises(ConnectError):
+            await connect(peer.url, connect_timeout=2)
+        assert peer.open_connections == 2
+        for conn in conns:
+            conn.drop()
+    assert peer.open_connections == 0
+
+
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda: RedirectingPeer("ws://h/", status=200),
+        lambda: HandshakePeer(status=42),
+        lambda: HandshakePeer(headers={"X": "a\r\nb"}),
+        lambda: CloseIgnoringPeer(interval=0),
+        lambda: PingFloodingPeer(count=-1),
+        lambda: NeverReadingPeer(max_connections=0),
+    ],
+)
+def test_peers_reject_bad_arguments(build: Callable[[], object]) -> None:
+    with pytest.raises(ValueError):
+        build()

@@ -26,7 +26,8 @@ Common ground:
 
 Peers: :class:`HandshakePeer` (answers the handshake with any status and headers,
 records each request), :class:`RedirectingPeer`, :class:`NeverReadingPeer`,
-:class:`CloseIgnoringPeer` (optionally dribbling a message every ``interval``),
+:class:`CloseIgnoringPeer` (optionally dribbling a message every ``interval``;
+:class:`DribblingPeer` does by default),
 :class:`PingFloodingPeer` and :class:`SendingPeer` (an aiohttp server that sends given
 messages, with or without permessage-deflate).
 """
@@ -48,6 +49,7 @@ from aiohttp import web
 
 __all__ = [
     "CloseIgnoringPeer",
+    "DribblingPeer",
     "HandshakePeer",
     "NeverReadingPeer",
     "PingFloodingPeer",
@@ -505,6 +507,25 @@ class CloseIgnoringPeer(_RawPeer):
     async def wait_for_messages_sent(self, n: int, timeout: float = 5.0) -> None:
         """Return once ``n`` dribbled messages have been written."""
         await self._wait(lambda: self.messages_sent >= n, timeout)
+
+
+class DribblingPeer(CloseIgnoringPeer):
+    """A :class:`CloseIgnoringPeer` that sends ``payload`` every ``interval`` (0.5 s) seconds."""
+
+    def __init__(
+        self,
+        interval: float = 0.5,
+        *,
+        payload: str = "tick",
+        max_connections: int = 16,
+        io_timeout: float = 5.0,
+    ) -> None:
+        super().__init__(
+            interval=interval,
+            payload=payload,
+            max_connections=max_connections,
+            io_timeout=io_timeout,
+        )
 
 
 class PingFloodingPeer(_RawPeer):
