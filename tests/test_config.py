@@ -278,3 +278,15 @@ def test_backend_with_a_token_in_its_url_shows_it_nowhere() -> None:
     config = PoolConfig(backends=[url])
     for text in (repr(backend), str(backend), repr(config), str(config)):
         assert "s3cret" not in text
+
+
+def test_credential_like_subprotocols_are_masked_in_reprs() -> None:
+    """A token passed as a subprotocol (a Kubernetes-style API does) is not shown."""
+    secret = "base64url.bearer.authorization.k8s.io.s3cret"
+    config = PoolConfig(protocols=["chat.v2", secret], backends=[{"url": "ws://h/ws"}])
+    backend = Backend(url="ws://h/ws", protocols=[secret, "chat.v1"])
+    for text in (repr(config), str(config), repr(backend)):
+        assert "s3cret" not in text
+    assert "chat.v2" in repr(config)
+    assert "chat.v1" in repr(backend)
+    assert config.protocols == ("chat.v2", secret)  # still offered as configured

@@ -134,11 +134,28 @@ def _check_secret(value: SecretStr) -> SecretStr:
     return value
 
 
+def redact_protocols(protocols: tuple[str, ...]) -> tuple[str, ...]:
+    """``protocols`` as they may be shown: credential-like subprotocols masked.
+
+    Some APIs pass a token as a subprotocol (``base64url.bearer.authorization.
+    k8s.io.<token>``): one that mentions a credential word, or is too long to be
+    a plain protocol name, is masked.
+    """
+    return tuple(
+        REDACTED
+        if len(protocol) > 64
+        or any(word in protocol.lower() for word in (*_SECRET_WORDS, "bearer", "auth"))
+        else protocol
+        for protocol in protocols
+    )
+
+
+_SECRET_WORDS = ("token", "secret", "password", "api-key", "apikey")
+
+
 def _is_sensitive_header(name: str) -> bool:
     lowered = name.lower()
-    return lowered in SENSITIVE_HEADERS or any(
-        word in lowered for word in ("token", "secret", "password", "api-key", "apikey")
-    )
+    return lowered in SENSITIVE_HEADERS or any(word in lowered for word in _SECRET_WORDS)
 
 
 class _Model(BaseModel):
@@ -306,6 +323,8 @@ class ConnectionOptions(_Model):
         for name, value in super().__repr_args__():
             if name == "headers" and isinstance(value, Mapping):
                 yield name, redact_headers(value)
+            elif name == "protocols" and isinstance(value, tuple):
+                yield name, redact_protocols(value)
             else:
                 yield name, value
 
@@ -369,6 +388,8 @@ class Backend(_Model):
                 yield name, redact_url(value)
             elif name == "headers" and isinstance(value, Mapping):
                 yield name, redact_headers(value)
+            elif name == "protocols" and isinstance(value, tuple):
+                yield name, redact_protocols(value)
             else:
                 yield name, value
 
