@@ -700,3 +700,12 @@ async def test_peers_refuse_connections_beyond_their_bound_and_leak_nothing() ->
 def test_peers_reject_bad_arguments(build: Callable[[], object]) -> None:
     with pytest.raises(ValueError):
         build()
+
+
+async def test_health_probe_does_not_follow_a_handshake_redirect() -> None:
+    """The WebSocket probe shares the pool's session: a redirect fails it, unfollowed."""
+    async with HandshakePeer() as target, RedirectingPeer(target.url) as redirector:
+        result = await _probe(redirector.url, None, None)
+        assert target.requests == []
+    assert not result.ok
+    assert "redirected with HTTP 307" in (result.error or "")
