@@ -577,14 +577,25 @@ class SendingPeer:
 
     With ``compress=True`` it negotiates permessage-deflate (if the client offers it) and
     sends every message compressed. After the messages it reads until the client closes
-    (answering the close frame, as aiohttp does).
+    (answering the close frame, as aiohttp does). Each connection is served for at most
+    ``io_timeout`` seconds, and client messages over ``max_msg_size`` bytes end it.
     """
 
     path = "/ws"
 
     def __init__(
-        self, messages: Iterable[str | bytes], *, compress: bool = False, io_timeout: float = 5.0
+        self,
+        messages: Iterable[str | bytes],
+        *,
+        compress: bool = False,
+        io_timeout: float = 5.0,
+        max_msg_size: int = 4 * 1024 * 1024,
     ) -> None:
+        if not io_timeout > 0:
+            raise ValueError("io_timeout must be a positive number of seconds")
+        if max_msg_size < 1:
+            raise ValueError("max_msg_size must be at least 1 (the peer's reads are bounded)")
+        self.max_msg_size = max_msg_size
         self.messages = list(messages)
         self.compress = compress
         self.io_timeout = io_timeout
@@ -603,7 +614,7 @@ class SendingPeer:
         return f"ws://127.0.0.1:{self.port}{self.path}"
 
     async def _handle(self, request: web.Request) -> web.WebSocketResponse:
-        ws = web.WebSocketResponse(compress=self.compress, max_msg_size=0)
+        ws = web.WebSocketResponse(compress=self.compress, max_msg_size=self.max_msg_size)
         await ws.prepare(request)
         if ws.compress:
             self.compressed_clients += 1
