@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import pytest
@@ -181,3 +182,45 @@ async def test_bad_runtime_arguments_are_rejected(
         pool.add_backend(42)  # type: ignore[arg-type]
     with pytest.raises(KeyError, match="nope"):
         await pool.remove_backend("nope")
+
+
+_TOKEN_CHARS = set("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.text(alphabet=st.characters(max_codepoint=0x80), max_size=8),
+    st.text(alphabet=st.characters(max_codepoint=0x80), max_size=12),
+)
+def test_fuzzed_headers_are_sendable_or_refused_naming_headers(name: str, value: str) -> None:
+    """A header either is a valid token with a control-free value, or is a ValidationError
+    on ``headers`` that does not quote the value (it may be a credential)."""
+    sendable = (
+        bool(name)
+        and set(name) <= _TOKEN_CHARS
+        and not any((ord(c) < 0x20 and c != "\t") or ord(c) == 0x7F for c in value)
+    )
+    try:
+        config = PoolConfig(headers={name: value})
+    except ValidationError as exc:
+        assert not sendable
+        assert [e["loc"] for e in exc.errors()] == [("headers",)]
+        if len(value) > 3 and set(name) <= _TOKEN_CHARS:
+            assert value not in str(exc)
+    else:
+        assert sendable
+        assert config.headers == {name: value}
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.floats(allow_nan=True, allow_infinity=True))
+def test_fuzzed_heartbeat_interval_is_finite_and_at_least_10_ms_or_refused(value: float) -> None:
+    try:
+        config = PoolConfig(heartbeat={"interval": value})
+    except ValidationError as exc:
+        assert not (math.isfinite(value) and value >= 0.01)
+        assert exc.errors()[0]["loc"] == ("heartbeat", "interval")
+    else:
+        assert config.heartbeat.interval is not None
+        assert math.isfinite(config.heartbeat.interval)
+        assert config.heartbeat.interval >= 0.01

@@ -9,6 +9,7 @@ kept out of ``repr`` so they never reach logs.
 
 from __future__ import annotations
 
+import re
 import ssl as ssl_module
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Literal, TypeAlias
@@ -39,21 +40,136 @@ def redact_headers(headers: Mapping[str, str]) -> dict[str, str]:
     }
 
 
+#: Shown instead of anything redacted.
+REDACTED = "***"
+
+_URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]+")
+
+
+def redact_url(url: object) -> str:
+    """``url`` as it may be shown: query values, fragment and userinfo masked.
+
+    ``wss://u:p@h/ws?token=abc&v=2#x`` becomes ``wss://***@h/ws?token=***&v=***#***``.
+    Every repr, log line and error message that shows a URL goes through this; the
+    real URL is still the one dialled. Works on text that does not parse as a URL
+    (it is plain string surgery), so a malformed URL cannot leak either.
+    """
+    text = str(url)
+    text, hash_, _fragment = text.partition("#")
+    text, question, query = text.partition("?")
+    scheme, sep, rest = text.partition("://")
+    if sep:
+        authority, slash, path = rest.partition("/")
+        if "@" in authority:
+            authority = REDACTED + "@" + authority.rpartition("@")[2]
+        text = f"{scheme}{sep}{authority}{slash}{path}"
+    elif "@" in text:  # no scheme: still never show what precedes an '@'
+        text = REDACTED + "@" + text.rpartition("@")[2]
+    if question:
+        fields = [
+            f"{name}={REDACTED}" if has_value else (REDACTED if name else "")
+            for name, has_value, _ in (field.partition("=") for field in query.split("&"))
+        ]
+        text += "?" + "&".join(fields)
+    if hash_:
+        text += "#" + REDACTED
+    return text
+
+
+def redact_text(text: str) -> str:
+    """``text`` with every ``scheme://...`` URL in it passed through :func:`redact_url`.
+
+    For messages built from third-party exceptions (aiohttp's include the URL).
+    """
+    return _URL_IN_TEXT.sub(lambda match: redact_url(match.group(0)), text)
+
+
+# RFC 9110 token characters: what a header name or a subprotocol may consist of.
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+
+
+def _has_control_chars(value: str) -> bool:
+    # HTAB is allowed inside a field value; every other C0 control and DEL is not
+    # (CR/LF would end the header and let the rest be read as new headers).
+    return any((ord(c) < 0x20 and c != "\t") or ord(c) == 0x7F for c in value)
+
+
+def check_header(name: object, value: object) -> None:
+    """Raise ``ValueError`` naming the header if it could not be sent verbatim.
+
+    The value is never quoted in the message: it may be a credential.
+    """
+    if not isinstance(name, str) or not _TOKEN.fullmatch(name):
+        raise ValueError(
+            f"header name {name!r} is not a valid HTTP token "
+            "(letters, digits and !#$%&'*+-.^_`|~ only; no spaces or control characters)"
+        )
+    if not isinstance(value, str):
+        raise ValueError(f"header {name!r}: value must be a string, not {type(value).__name__}")
+    if _has_control_chars(value):
+        raise ValueError(f"header {name!r}: value contains CR, LF or another control character")
+
+
+def _check_headers(value: Mapping[str, str] | None) -> Mapping[str, str] | None:
+    if value is not None:
+        for name, item in value.items():
+            check_header(name, item)
+    return value
+
+
+def _check_protocols(value: tuple[str, ...] | None) -> tuple[str, ...] | None:
+    if value is not None:
+        for protocol in value:
+            if not _TOKEN.fullmatch(protocol):
+                raise ValueError(
+                    f"subprotocol {protocol!r} is not a valid token "
+                    "(no spaces, commas or control characters)"
+                )
+    return value
+
+
+def _check_secret(value: SecretStr) -> SecretStr:
+    if _has_control_chars(value.get_secret_value()):
+        raise ValueError("contains CR, LF or another control character")
+    return value
+
+
+def redact_protocols(protocols: tuple[str, ...]) -> tuple[str, ...]:
+    """``protocols`` as they may be shown: credential-like subprotocols masked.
+
+    Some APIs pass a token as a subprotocol (``base64url.bearer.authorization.
+    k8s.io.<token>``): one that mentions a credential word, or is too long to be
+    a plain protocol name, is masked.
+    """
+    return tuple(
+        REDACTED
+        if len(protocol) > 64
+        or any(word in protocol.lower() for word in (*_SECRET_WORDS, "bearer", "auth"))
+        else protocol
+        for protocol in protocols
+    )
+
+
+_SECRET_WORDS = ("token", "secret", "password", "api-key", "apikey")
+
+
 def _is_sensitive_header(name: str) -> bool:
     lowered = name.lower()
-    return lowered in SENSITIVE_HEADERS or any(
-        word in lowered for word in ("token", "secret", "password", "api-key", "apikey")
-    )
+    return lowered in SENSITIVE_HEADERS or any(word in lowered for word in _SECRET_WORDS)
 
 
 class _Model(BaseModel):
     # hide_input_in_errors: a rejected URL or header may carry a secret; errors
     # still name the field and the reason, just not the value.
+    # allow_inf_nan=False: every float here is a duration, a ratio or a factor;
+    # inf would pass a "> 0" bound and then overflow (or never fire) at run time.
+    # "Never" is spelled None where an option supports it.
     model_config = ConfigDict(
         extra="forbid",
         arbitrary_types_allowed=True,
         validate_default=True,
         hide_input_in_errors=True,
+        allow_inf_nan=False,
     )
 
 
@@ -61,6 +177,8 @@ class BearerAuth(_Model):
     """``Authorization: Bearer <token>``."""
 
     token: SecretStr
+
+    _token_is_sendable = field_validator("token")(_check_secret)
 
     def headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.token.get_secret_value()}"}
@@ -71,6 +189,14 @@ class ApiKeyAuth(_Model):
 
     key: SecretStr
     header: str = "X-API-Key"
+
+    _key_is_sendable = field_validator("key")(_check_secret)
+
+    @field_validator("header")
+    @classmethod
+    def _header_is_a_token(cls, value: str) -> str:
+        check_header(value, "")
+        return value
 
     def headers(self) -> dict[str, str]:
         return {self.header: self.key.get_secret_value()}
@@ -89,10 +215,14 @@ def _coerce_auth(value: Any) -> Any:
     return value
 
 
+#: Shortest probe or heartbeat interval: anything shorter is a busy loop, not a check.
+MIN_INTERVAL = 0.01
+
+
 class HeartbeatConfig(_Model):
     """WebSocket ping keep-alive; a missed pong closes the connection with 1006."""
 
-    interval: float | None = Field(default=20.0, gt=0)
+    interval: float | None = Field(default=20.0, ge=MIN_INTERVAL)
     """Seconds without any received data before a ping is sent; None disables."""
     timeout: float = Field(default=20.0, gt=0)
     """Seconds to wait for the pong before the connection is declared dead."""
@@ -102,7 +232,7 @@ class HealthCheckConfig(_Model):
     """Active probing of every backend."""
 
     enabled: bool = True
-    interval: float = Field(default=30.0, gt=0)
+    interval: float = Field(default=30.0, ge=MIN_INTERVAL)
     timeout: float = Field(default=5.0, gt=0)
     unhealthy_threshold: int = Field(default=3, ge=1)
     healthy_threshold: int = Field(default=2, ge=1)
@@ -184,10 +314,17 @@ class ConnectionOptions(_Model):
     def _string_is_bearer(cls, value: Any) -> Any:
         return _coerce_auth(value)
 
+    # Checked here, not when the handshake is sent: a CR/LF in a header would
+    # otherwise fail every connect and open the breaker on a healthy backend.
+    _headers_are_sendable = field_validator("headers")(_check_headers)
+    _protocols_are_tokens = field_validator("protocols")(_check_protocols)
+
     def __repr_args__(self) -> Any:
         for name, value in super().__repr_args__():
             if name == "headers" and isinstance(value, Mapping):
                 yield name, redact_headers(value)
+            elif name == "protocols" and isinstance(value, tuple):
+                yield name, redact_protocols(value)
             else:
                 yield name, value
 
@@ -232,18 +369,27 @@ class Backend(_Model):
     def _url(cls, value: str) -> str:
         return _validate_ws_url(value)
 
+    _headers_are_sendable = field_validator("headers")(_check_headers)
+    _protocols_are_tokens = field_validator("protocols")(_check_protocols)
+
     @model_validator(mode="after")
     def _default_id(self) -> Backend:
         if not self.id:
-            self.id = self.url
+            # The id is shown everywhere (logs, health_status(), errors): a token
+            # in the URL's query string must not become part of it.
+            self.id = redact_url(self.url)
         return self
 
     def __repr_args__(self) -> Any:
         for name, value in super().__repr_args__():
             if value is None:
                 continue  # inherited options are noise in a repr
-            if name == "headers" and isinstance(value, Mapping):
+            if name == "url":
+                yield name, redact_url(value)
+            elif name == "headers" and isinstance(value, Mapping):
                 yield name, redact_headers(value)
+            elif name == "protocols" and isinstance(value, tuple):
+                yield name, redact_protocols(value)
             else:
                 yield name, value
 

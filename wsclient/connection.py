@@ -22,13 +22,17 @@ level, so they need no reader.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import itertools
 import json
 import logging
 import os
+import socket
+import ssl
+import struct
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any, NamedTuple
 
 import aiohttp
@@ -41,6 +45,8 @@ from wsclient.config import (
     ConnectionOptions,
     _validate_ws_url,
     redact_headers,
+    redact_text,
+    redact_url,
 )
 from wsclient.errors import (
     ConnectError,
@@ -171,11 +177,13 @@ class _Link:
         "client_initiated",
         "close_code",
         "close_reason",
+        "close_timeout",
         "created_at",
         "dirty",
         "expires_at",
         "generation",
         "id",
+        "inflating",
         "last_used",
         "max_message_size",
         "on_closed",
@@ -199,12 +207,17 @@ class _Link:
         url: str,
         backend_id: str,
         max_message_size: int,
+        close_timeout: float = 5.0,
     ) -> None:
         self.ws = ws
         self.url = url
         self.backend_id = backend_id
         self.id = f"conn-{next(_ids)}"
         self.max_message_size = max_message_size
+        self.close_timeout = close_timeout
+        # permessage-deflate negotiated and a size limit set: every data message is
+        # measured after inflating (see too_big()).
+        self.inflating = bool(max_message_size and getattr(ws, "compress", 0))
         self.state = ConnectionState.OPEN
         self.close_code: int | None = None
         self.close_reason = ""
@@ -297,6 +310,9 @@ class _Link:
             return
         msg = task.result()
         if msg.type in _DATA_TYPES:
+            if self.inflating and self.too_big(msg.data):
+                self._refuse_oversize_in_background(msg.data)
+                return
             if self.on_idle_message is not None:
                 self.on_idle_message(self, _to_message(msg))
         elif msg.type is WSMsgType.PING:
@@ -307,6 +323,42 @@ class _Link:
             self.absorb_close(msg)
             return
         self.start_idle_read()
+
+    # -- size limit after inflating --------------------------------------------
+    # aiohttp checks a frame's wire size with ">=" but an inflated message's
+    # size with ">", so with compression a message of limit + 1 bytes got
+    # through. It is handed a looser limit on compressed links (a message of
+    # exactly the limit can take a few more bytes on the wire when it does not
+    # compress) and the exact, inclusive limit is applied here.
+
+    def too_big(self, data: str | bytes) -> bool:
+        limit = self.max_message_size
+        if isinstance(data, bytes):
+            return len(data) > limit
+        # A str's UTF-8 size is between len and 4*len: encode only when it matters.
+        return len(data) > limit or (len(data) * 4 > limit and len(data.encode()) > limit)
+
+    def _oversize_reason(self, data: str | bytes) -> tuple[int, str]:
+        size = len(data) if isinstance(data, bytes) else len(data.encode())
+        return size, f"message of {size} bytes exceeds max_message_size={self.max_message_size}"
+
+    async def refuse_oversize(self, data: str | bytes) -> MessageTooBigError:
+        """Close with 1009 as aiohttp does for an oversize frame; return the error to raise."""
+        size, reason = self._oversize_reason(data)
+        self.set_state(ConnectionState.ENDING)
+        await _close_ws(self.ws, CloseCode.MESSAGE_TOO_BIG, b"message too big", self.close_timeout)
+        self.mark_closed(CloseCode.MESSAGE_TOO_BIG, reason)
+        return MessageTooBigError(size, self.max_message_size)
+
+    def _refuse_oversize_in_background(self, data: str | bytes) -> None:
+        # Idle: nobody awaits this link, so the close handshake runs in a task;
+        # the link is closed for the pool at once (1009, the same as aiohttp's
+        # own oversize path, which the pool counts against the backend).
+        _size, reason = self._oversize_reason(data)
+        self.mark_closed(CloseCode.MESSAGE_TOO_BIG, reason)
+        _spawn(
+            _close_ws(self.ws, CloseCode.MESSAGE_TOO_BIG, b"message too big", self.close_timeout)
+        )
 
     # -- ping / pong -----------------------------------------------------------
     # autoping is off so that pongs reach us: validate_on_checkout waits for one.
@@ -389,7 +441,12 @@ class _Link:
         return self.closed_error()
 
     async def close(self, code: int = CloseCode.NORMAL, reason: str = "") -> None:
-        """Close with a handshake (bounded by close_timeout), then release resources."""
+        """Close with a handshake, bounded by close_timeout overall, then release resources.
+
+        Past the timeout (a peer that ignores the close frame, or keeps sending,
+        or stopped reading so the close frame cannot even be written) the socket
+        is aborted.
+        """
         if self.state >= ConnectionState.ENDING:
             await self._release_session()
             return
@@ -398,9 +455,7 @@ class _Link:
         if self.close_code is None:
             self.close_code, self.close_reason = code, reason
         try:
-            await self.ws.close(code=code, message=reason.encode())
-        except Exception as exc:  # the peer vanished mid-close: nothing more to do
-            logger.debug("%s close handshake failed: %r", self.id, exc)
+            await _close_ws(self.ws, code, reason.encode(), self.close_timeout)
         finally:
             self._finish()
             await self._release_session()
@@ -412,15 +467,9 @@ class _Link:
         self.client_initiated = True
         if self.close_code is None:
             self.close_code, self.close_reason = CloseCode.ABNORMAL_CLOSURE, "dropped by client"
-        # Closing the response alone leaves aiohttp's heartbeat timer armed.
-        cancel_heartbeat = getattr(self.ws, "_cancel_heartbeat", None)
-        if cancel_heartbeat is not None:
-            cancel_heartbeat()
-        # aiohttp has no public abort for client WebSockets; closing the
-        # underlying response closes the socket without a close handshake.
-        response = getattr(self.ws, "_response", None)
-        if response is not None:
-            response.close()
+        # An abort, not transport.close(): that one would keep the socket open
+        # until its buffer is flushed, i.e. for good if the peer stopped reading.
+        abort_ws(self.ws)
         self._finish()
         if self.owned_session is not None:
             session, self.owned_session = self.owned_session, None
@@ -438,6 +487,80 @@ class _Link:
         if self.owned_session is not None:
             session, self.owned_session = self.owned_session, None
             await session.close()
+
+
+_LINGER_RESET = struct.pack("ii", 1, 0)
+
+
+def abort_ws(ws: aiohttp.ClientWebSocketResponse) -> None:
+    """Tear the TCP connection down at once: no close frame, nothing left queued.
+
+    aiohttp has no public abort for a client WebSocket; closing its response
+    calls ``transport.close()``, which waits to flush the write buffer first, so
+    against a peer that stopped reading the socket would stay open for good.
+    ``transport.abort()`` discards that buffer, and linger 0 makes the kernel
+    discard its own send queue too and answer with a RST, instead of queueing a
+    FIN behind megabytes the peer will never read.
+    """
+    # Closing the response alone leaves aiohttp's heartbeat timer armed.
+    cancel_heartbeat = getattr(ws, "_cancel_heartbeat", None)
+    if cancel_heartbeat is not None:
+        cancel_heartbeat()
+    writer = getattr(ws, "_writer", None)
+    transport: asyncio.BaseTransport | None = getattr(writer, "transport", None)
+    if transport is not None:
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+        abort = getattr(transport, "abort", None)
+        if callable(abort):
+            abort()
+        else:
+            transport.close()
+    if hasattr(ws, "_closed") and not ws.closed:
+        ws._closed = True  # nothing may be written or read any more
+        if ws.close_code is None:
+            ws._close_code = CloseCode.ABNORMAL_CLOSURE
+    response = getattr(ws, "_response", None)
+    if response is not None:
+        response.close()  # hands the (now aborted) connection back to the connector
+
+
+async def _close_ws(
+    ws: aiohttp.ClientWebSocketResponse, code: int, message: bytes, timeout: float
+) -> None:
+    """Close handshake bounded by ``timeout`` overall, then abort whatever is left.
+
+    aiohttp's own close() applies its timeout to each read while it waits for
+    the peer's close frame, and throws away data frames meanwhile: a peer that
+    ignores the close frame and sends a small message every so often keeps it
+    waiting forever. Sending the close frame can block too, behind a peer that
+    stopped reading.
+    """
+    completed = False
+    try:
+        async with asyncio.timeout(timeout):
+            await ws.close(code=code, message=message)
+        completed = True
+    except TimeoutError:
+        logger.debug("close handshake not finished within %s s: aborting", timeout)
+    except Exception as exc:  # the peer vanished mid-close: nothing more to do
+        logger.debug("close handshake failed: %r", exc)
+    finally:
+        # After a completed handshake the TCP close stays graceful (a RST then
+        # would be rude and could cut the peer's last bytes); otherwise, and on
+        # cancellation, nothing may linger.
+        if not completed:
+            abort_ws(ws)
+
+
+def _spawn(coro: Coroutine[Any, Any, None]) -> None:
+    """Run a fire-and-forget cleanup, holding a reference until it is done."""
+    task = asyncio.get_running_loop().create_task(coro)
+    _background.add(task)
+    task.add_done_callback(_background.discard)
+    task.add_done_callback(_ignore_result)
 
 
 def _ignore_result(task: asyncio.Task[Any]) -> None:
@@ -540,38 +663,64 @@ class Connection:
             raise link.closed_error()
         return link
 
-    async def send(self, data: str | bytes | bytearray | memoryview) -> None:
-        """Send ``str`` as a text frame, bytes-like as a binary frame."""
+    async def send(
+        self, data: str | bytes | bytearray | memoryview, timeout: float | None = None
+    ) -> None:
+        """Send ``str`` as a text frame, bytes-like as a binary frame.
+
+        A send waits while the peer is not reading (flow control). With
+        ``timeout``, ``TimeoutError`` is raised once that many seconds have
+        passed; the message is then queued whole (never half a frame) and goes
+        out if the peer resumes reading, and the connection stays open: ``drop()``
+        it if the peer is stuck for good.
+        """
         # Kept flat (no send -> send_text -> write chain): it is on the hot path.
         link = self._writable()
+        if timeout is not None and timeout != timeout:
+            raise ValueError("send() timeout must be a number of seconds or None, not NaN")
         limit = link.max_message_size
         try:
             if isinstance(data, str):
                 # A str's UTF-8 size is between len and 4*len: encode only when it matters.
                 if limit and len(data) * 4 > limit and len(data.encode()) > limit:
                     raise MessageTooBigError(len(data.encode()), limit)
-                await link.ws.send_str(data)
+                if timeout is None:
+                    await link.ws.send_str(data)
+                else:
+                    await _bounded_send(link.ws.send_str(data), timeout)
             elif isinstance(data, bytes | bytearray | memoryview):
                 if limit and len(data) > limit:
                     raise MessageTooBigError(len(data), limit)
-                await link.ws.send_bytes(bytes(data))  # no copy when data is already bytes
+                payload = bytes(data)  # no copy when data is already bytes
+                if timeout is None:
+                    await link.ws.send_bytes(payload)
+                else:
+                    await _bounded_send(link.ws.send_bytes(payload), timeout)
             else:
                 raise TypeError(f"send() takes str or bytes, not {type(data).__name__}")
         except (ConnectionError, aiohttp.ClientConnectionError) as exc:
             raise self._write_failed(link, exc) from exc
 
-    async def send_text(self, data: str) -> None:
+    async def send_text(self, data: str, timeout: float | None = None) -> None:
         if not isinstance(data, str):
             raise TypeError(f"send_text() takes str, not {type(data).__name__}")
-        await self.send(data)
+        await self.send(data, timeout)
 
-    async def send_bytes(self, data: bytes | bytearray | memoryview) -> None:
+    async def send_bytes(
+        self, data: bytes | bytearray | memoryview, timeout: float | None = None
+    ) -> None:
         if not isinstance(data, bytes | bytearray | memoryview):
             raise TypeError(f"send_bytes() takes bytes, not {type(data).__name__}")
-        await self.send(data)
+        await self.send(data, timeout)
 
-    async def send_json(self, data: Any, *, dumps: Callable[[Any], str] = json.dumps) -> None:
-        await self.send(dumps(data))
+    async def send_json(
+        self,
+        data: Any,
+        timeout: float | None = None,
+        *,
+        dumps: Callable[[Any], str] = json.dumps,
+    ) -> None:
+        await self.send(dumps(data), timeout)
 
     @staticmethod
     def _write_failed(link: _Link, exc: BaseException) -> ConnectionClosedError:
@@ -618,6 +767,8 @@ class Connection:
                         _undo_abnormal_mark(link.ws)
                         raise
                 kind = msg.type
+                if link.inflating and kind in _DATA_TYPES and link.too_big(msg.data):
+                    raise await link.refuse_oversize(msg.data)
                 if kind is WSMsgType.TEXT:
                     link.dirty = False
                     return Message(MessageType.TEXT, msg.data)
@@ -688,6 +839,41 @@ class Connection:
             await self.close()
 
 
+async def _bounded_send(send: Coroutine[Any, Any, None], timeout: float) -> None:
+    # aiohttp writes the whole frame to the transport before it waits for the
+    # buffer to drain, so stopping the wait never leaves half a frame on the
+    # stream. The wait itself must not be cancelled, though: every sender
+    # waits on one shared drain future, and cancelling it would make the other
+    # senders (and every later send) raise CancelledError. So the send runs as
+    # a task behind a shield and, past the timeout, finishes (or fails with
+    # the connection) on its own.
+    task = asyncio.get_running_loop().create_task(send)
+    try:
+        async with asyncio.timeout(timeout):
+            await asyncio.shield(task)
+    except TimeoutError:
+        if task.done():
+            # It finished as the time ran out (with timeout=0 the task gets
+            # exactly one step: "send only if it can go now"): its outcome stands.
+            task.result()
+            return
+        _keep_until_done(task)
+        raise TimeoutError(
+            f"send not finished within {timeout} s: the peer is not reading "
+            "(the message stays queued)"
+        ) from None
+    except asyncio.CancelledError:
+        _keep_until_done(task)
+        raise
+
+
+def _keep_until_done(task: asyncio.Task[Any]) -> None:
+    if not task.done():
+        _background.add(task)
+        task.add_done_callback(_background.discard)
+    task.add_done_callback(_ignore_result)
+
+
 def _undo_abnormal_mark(ws: aiohttp.ClientWebSocketResponse) -> None:
     # aiohttp records 1006 when a receive() is interrupted, although the
     # connection is fine (no data is lost: it stays queued). Left in place, the
@@ -696,9 +882,23 @@ def _undo_abnormal_mark(ws: aiohttp.ClientWebSocketResponse) -> None:
         ws._close_code = None
 
 
-def describe_os_error(err: OSError) -> str:
-    """'Connection refused' rather than asyncio's 'Connect call failed (addr)'."""
-    return os.strerror(err.errno) if err.errno else (err.strerror or str(err))
+def describe_os_error(err: BaseException) -> str:
+    """'Connection refused' rather than asyncio's 'Connect call failed (addr)'.
+
+    TLS failures are named as such: an ``ssl.SSLError`` carries errno 1, which
+    ``os.strerror`` would render as "Operation not permitted".
+    """
+    if isinstance(err, ssl.SSLCertVerificationError):
+        detail = err.verify_message or err.reason or str(err)
+        return f"TLS certificate verification failed: {detail}"
+    if isinstance(err, ssl.SSLError):
+        return f"TLS error: {err.reason or err}"
+    if isinstance(err, OSError):
+        if err.errno:
+            return os.strerror(err.errno)
+        if err.strerror:
+            return err.strerror
+    return redact_text(str(err)) or type(err).__name__
 
 
 def _remaining(deadline: float | None) -> float | None:
@@ -727,13 +927,52 @@ async def open_link(
     *,
     backend_id: str,
 ) -> _Link:
-    """Open a WebSocket on ``session``; every failure becomes ``ConnectError``."""
+    """Open a WebSocket on ``session``; every failure becomes ``ConnectError``.
+
+    The ``ConnectError`` is raised with no cause and no context: aiohttp's
+    exceptions carry ``request_info`` with the request headers (the bearer
+    token, the API key), and whatever reports the error (a logger printing the
+    chain, an error tracker) would show them. The message says what went wrong,
+    with any URL in it redacted.
+    """
+    headers: dict[str, str] = {}
     try:
         headers = {**options.headers, **await auth_headers(options.auth)}
     except Exception as exc:
         # The provider's own message may quote credentials: name the type only.
-        raise ConnectError(url, f"auth provider raised {type(exc).__name__}") from exc
+        failure = ConnectError(url, f"auth provider raised {type(exc).__name__}")
+    else:
+        try:
+            ws = await _handshake(session, url, headers, options)
+        except TimeoutError:
+            failure = ConnectError(url, f"timed out after {options.connect_timeout} s")
+        except (aiohttp.ClientError, OSError) as exc:
+            failure = ConnectError(
+                url, describe_connect_error(exc), status=getattr(exc, "status", None)
+            )
+        else:
+            return _Link(
+                ws,
+                url=url,
+                backend_id=backend_id,
+                max_message_size=options.max_message_size,
+                close_timeout=options.close_timeout,
+            )
+    # Raised here, outside the except blocks, so that __context__ stays None too
+    # (``raise ... from None`` only hides the context; it still holds it). The
+    # traceback keeps this frame alive: drop the headers (credentials) from it.
+    headers = {}
+    raise failure
+
+
+async def _handshake(
+    session: aiohttp.ClientSession,
+    url: str,
+    headers: dict[str, str],
+    options: ConnectionOptions,
+) -> aiohttp.ClientWebSocketResponse:
     heartbeat = options.heartbeat.interval
+    ws: aiohttp.ClientWebSocketResponse | None = None
     try:
         async with asyncio.timeout(options.connect_timeout):
             ws = await session.ws_connect(
@@ -741,38 +980,142 @@ async def open_link(
                 protocols=options.protocols,
                 headers=headers,
                 heartbeat=heartbeat,
-                # aiohttp refuses a frame of exactly max_msg_size; ours is inclusive.
-                max_msg_size=options.max_message_size + 1 if options.max_message_size else 0,
+                max_msg_size=_aiohttp_size_limit(options.max_message_size, options.compression),
                 compress=15 if options.compression else 0,
                 ssl=_ssl_argument(options.ssl),
                 timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=options.close_timeout),
                 autoclose=True,
                 autoping=False,
             )
-    except TimeoutError:
-        raise ConnectError(url, f"timed out after {options.connect_timeout} s") from None
-    except aiohttp.WSServerHandshakeError as exc:
-        raise ConnectError(
-            url, f"handshake rejected with HTTP {exc.status}", status=exc.status
-        ) from None
-    except aiohttp.ClientConnectorCertificateError as exc:
-        raise ConnectError(
-            url, f"TLS certificate verification failed: {exc.certificate_error}"
-        ) from None
-    except aiohttp.ClientConnectorError as exc:
-        raise ConnectError(url, describe_os_error(exc.os_error)) from None
-    except (aiohttp.ClientError, OSError) as exc:
-        raise ConnectError(url, f"{type(exc).__name__}: {exc}") from None
+    except BaseException:
+        # The timeout (or a cancellation) can land just after the handshake
+        # finished: the socket is ours then, and nobody else will close it.
+        if ws is not None:
+            abort_ws(ws)
+        raise
+    problem = _unoffered_protocol(ws, options.protocols)
+    if problem is not None:
+        abort_ws(ws)  # RFC 6455 §4.1: the client MUST _Fail the WebSocket Connection_
+        raise UnofferedProtocolError(problem)
     if heartbeat is not None and hasattr(ws, "_pong_heartbeat"):
         # aiohttp waits heartbeat/2 for a pong and offers no option; our
         # heartbeat.timeout is the documented contract, so set it.
         ws._pong_heartbeat = options.heartbeat.timeout
-    return _Link(ws, url=url, backend_id=backend_id, max_message_size=options.max_message_size)
+    return ws
+
+
+def _aiohttp_size_limit(limit: int, compression: bool) -> int:
+    """aiohttp's ``max_msg_size`` for our inclusive ``max_message_size``."""
+    if not limit:
+        return 0
+    if not compression:
+        return limit + 1  # aiohttp refuses a frame of exactly max_msg_size
+    # Compressed: aiohttp's bound applies to the frame on the wire and to the
+    # inflated message; an incompressible message of exactly `limit` bytes is
+    # a little longer on the wire (stored deflate blocks; zlib's compressBound
+    # plus a margin). The exact limit is checked by _Link.too_big().
+    return limit + (limit >> 12) + (limit >> 14) + 64
+
+
+class UnofferedProtocolError(aiohttp.ClientError):
+    """The server selected a subprotocol the client did not offer."""
+
+
+def _unoffered_protocol(
+    ws: aiohttp.ClientWebSocketResponse, offered: tuple[str, ...]
+) -> str | None:
+    """Why the server's ``Sec-WebSocket-Protocol`` answer is unacceptable, or None.
+
+    aiohttp quietly reports ``protocol=None`` when the server picks something
+    that was not offered, and the connection goes on speaking a protocol
+    neither side agreed on.
+    """
+    response = getattr(ws, "_response", None)
+    if response is None:
+        return None
+    answers = response.headers.getall("Sec-WebSocket-Protocol", [])
+    if not answers:
+        return None
+    # Offered subprotocols may carry credentials (some APIs pass a token that
+    # way): the message counts them, it does not list them. The server's pick is
+    # quoted only if short, so an echoed token is not printed either.
+    selected = ", ".join(answers)
+    shown = repr(selected) if len(selected) <= 32 else f"a {len(selected)}-character value"
+    if not offered:
+        return f"server selected subprotocol {shown} but the client offered none"
+    values = [value.strip() for value in selected.split(",")]
+    if len(values) != 1 or values[0] not in offered:
+        return (
+            f"server selected subprotocol {shown}, which is not one of the "
+            f"{len(offered)} the client offered"
+        )
+    return None
+
+
+def describe_connect_error(exc: BaseException) -> str:
+    """Why a connect or handshake failed, in words, with no credential in them."""
+    if isinstance(exc, HandshakeRedirectError | UnofferedProtocolError):
+        return str(exc)
+    if isinstance(exc, aiohttp.WSServerHandshakeError):
+        if exc.status == 101:
+            return f"invalid handshake response: {exc.message}"
+        return f"handshake rejected with HTTP {exc.status}"
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+        return describe_os_error(exc.certificate_error)
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return describe_os_error(exc.os_error)
+    if isinstance(exc, OSError) and not isinstance(exc, aiohttp.ClientError):
+        return describe_os_error(exc)
+    # Other aiohttp errors quote the URL (redact_text masks it); their repr
+    # would add request_info with the headers, so only str() is used.
+    return redact_text(f"{type(exc).__name__}: {exc}")
+
+
+class HandshakeRedirectError(aiohttp.ClientError):
+    """The server answered the WebSocket upgrade with a redirect; it is not followed."""
+
+    def __init__(self, status: int, location: str | None) -> None:
+        self.status = status
+        self.location = location
+        super().__init__(status, redact_url(location) if location is not None else None)
+
+    def __str__(self) -> str:
+        where = repr(redact_url(self.location)) if self.location is not None else "no Location"
+        return (
+            f"handshake redirected with HTTP {self.status} to {where} (redirects are not followed)"
+        )
+
+
+async def _refuse_handshake_redirect(
+    session: aiohttp.ClientSession,
+    context: Any,
+    params: aiohttp.TraceRequestRedirectParams,
+) -> None:
+    # aiohttp's ws_connect() follows redirects and has no option to stop it: the
+    # upgrade request would carry X-API-Key, custom headers (and, same origin,
+    # the bearer token) to wherever the Location points, wss:// -> http://
+    # included. The redirect signal fires before the redirect is followed, and
+    # raising here makes aiohttp close the response and fail the request.
+    if params.headers.get("Upgrade", "").lower() == "websocket":
+        raise HandshakeRedirectError(
+            params.response.status, params.response.headers.get("Location")
+        )
+
+
+def _no_handshake_redirects() -> aiohttp.TraceConfig:
+    trace = aiohttp.TraceConfig()
+    trace.on_request_redirect.append(_refuse_handshake_redirect)
+    return trace
 
 
 def new_session() -> aiohttp.ClientSession:
-    """A session whose connector does not cap open WebSockets (aiohttp's default is 100)."""
-    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0, limit_per_host=0))
+    """A session for WebSockets: no cap on open connections (aiohttp's default is 100),
+    and WebSocket handshakes never follow redirects (plain HTTP requests, such as
+    health checks on a path, still do)."""
+    return aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=0, limit_per_host=0),
+        trace_configs=[_no_handshake_redirects()],
+    )
 
 
 async def connect(url: str, **options: Any) -> Connection:
@@ -790,10 +1133,17 @@ async def connect(url: str, **options: Any) -> Connection:
         raise ValueError(f"url: {exc}") from None
     session = new_session()
     try:
-        link = await open_link(session, url, config, backend_id=url)
+        # backend_id is shown (repr, logs): like a Backend's default id, it is
+        # the URL with its query values masked.
+        link = await open_link(session, url, config, backend_id=redact_url(url))
     except BaseException:
         await session.close()
         raise
     link.owned_session = session
-    logger.debug("connected %s to %s (headers %s)", link.id, url, redact_headers(config.headers))
+    logger.debug(
+        "connected %s to %s (headers %s)",
+        link.id,
+        redact_url(url),
+        redact_headers(config.headers),
+    )
     return Connection(link)

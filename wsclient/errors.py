@@ -22,6 +22,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from wsclient.config import redact_text, redact_url
+
 
 class WSClientError(Exception):
     """Base class of every wsclient error."""
@@ -60,13 +62,19 @@ class NoHealthyBackendError(WSClientError):
 
 
 class ConnectError(WSClientError, OSError):
-    """Opening a WebSocket failed: refused, timed out, bad handshake, TLS error."""
+    """Opening a WebSocket failed: refused, timed out, bad handshake, TLS error.
+
+    ``url`` is the URL as it may be shown (query values, fragment and userinfo
+    masked by :func:`wsclient.config.redact_url`), and so is any URL quoted in
+    ``reason``: the error can be logged as it is. ``status`` is the HTTP status
+    of a rejected or redirected handshake.
+    """
 
     def __init__(self, url: str, reason: str, *, status: int | None = None) -> None:
-        self.url = url
-        self.reason = reason
+        self.url = redact_url(url)
+        self.reason = redact_text(reason)
         self.status = status
-        super().__init__(f"could not connect to {url}: {reason}")
+        super().__init__(f"could not connect to {self.url}: {self.reason}")
 
     def __str__(self) -> str:
         # OSError's own __str__ would print the args tuple.

@@ -26,7 +26,7 @@ import aiohttp
 from yarl import URL
 
 from wsclient.config import ConnectionOptions, HealthCheckConfig
-from wsclient.connection import _ssl_argument, auth_headers, describe_os_error
+from wsclient.connection import _ssl_argument, auth_headers, describe_connect_error
 
 logger = logging.getLogger("wsclient.health")
 
@@ -164,8 +164,10 @@ class HealthChecker:
 
 
 def _describe(exc: BaseException) -> str:
-    if isinstance(exc, aiohttp.WSServerHandshakeError):
+    # Shown in health_status() and logs: TLS failures named as such, URLs
+    # redacted, never an aiohttp repr (it carries the request headers).
+    if isinstance(exc, aiohttp.WSServerHandshakeError) and exc.status != 101:
         return f"WebSocket probe rejected with HTTP {exc.status}"
     if isinstance(exc, aiohttp.ClientConnectorError):
-        return f"connect failed: {describe_os_error(exc.os_error)}"
-    return f"{type(exc).__name__}: {exc}"
+        return f"connect failed: {describe_connect_error(exc)}"
+    return describe_connect_error(exc)

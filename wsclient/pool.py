@@ -29,7 +29,7 @@ from typing import Any
 from wsclient import event_names as ev
 from wsclient.backend import BackendHealth
 from wsclient.balancers import create_balancer
-from wsclient.config import Backend, ConnectionOptions, PoolConfig
+from wsclient.config import Backend, ConnectionOptions, PoolConfig, redact_url
 from wsclient.connection import (
     WS_CLOSED,
     CloseCode,
@@ -37,6 +37,7 @@ from wsclient.connection import (
     ConnectionState,
     Message,
     _Link,
+    abort_ws,
     check_close_code,
     new_session,
     open_link,
@@ -663,7 +664,13 @@ class WebSocketPool:
 
     def _track(self, task: asyncio.Task[Any]) -> None:
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            # A bug, not a network outcome (those are reported to the core).
+            logger.error("internal task %s failed", task.get_name(), exc_info=task.exception())
 
     async def _open(self, ticket: Ticket) -> None:
         backend_id = ticket.backend.id
@@ -711,6 +718,7 @@ class WebSocketPool:
         link = slot.link
         link.on_closed = None
         if link.state is ConnectionState.CLOSED:
+            abort_ws(link.ws)  # ended by itself: make sure aiohttp let go of the socket
             self._links.discard(link)
             self._core.closed(slot, link.close_code, link.close_reason, time.monotonic())
             return
@@ -728,6 +736,7 @@ class WebSocketPool:
             else:
                 await link.close(code, reason)
         finally:
+            abort_ws(link.ws)  # no-op after a clean close; frees the socket after any other
             self._links.discard(link)
             self._core.closed(slot, link.close_code, link.close_reason, time.monotonic())
             self._run()
@@ -790,7 +799,7 @@ class WebSocketPool:
             record = self._store.record(b.id)
             result[b.id] = BackendHealth(
                 id=b.id,
-                url=self._configs[b.id].url,
+                url=redact_url(self._configs[b.id].url),
                 healthy=record.healthy,
                 eligible=b.in_rotation,
                 latency=record.latency_ms,
