@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import bisect
 import hashlib
 import itertools
 import math
@@ -175,7 +176,7 @@ def test_wrr_update_only_returns_new_members() -> None:
 
 
 def test_wrr_pick_does_not_scan_targets() -> None:
-    """pick() touches no target and keeps a valid heap of one entry per target."""
+    """pick() touches no target and keeps a valid heap of one entry per weight lane."""
     targets = [CountingNode(f"n{i}", 1 + i % 7) for i in range(500)]
     b = WeightedRoundRobin(rng=random.Random(1))
     b.update(targets)
@@ -185,8 +186,10 @@ def test_wrr_pick_does_not_scan_targets() -> None:
         b.pick()
     assert sum(t.reads for t in targets) == 0
     heap = b._heap
-    assert len(heap) == 500
-    assert all(heap[(i - 1) // 2] <= heap[i] for i in range(1, len(heap)))
+    # Seven distinct weights: seven lanes, and the heap orders lanes, not targets.
+    assert len(b._lanes) == 7
+    assert len(heap) == 7
+    assert all(heap[(i - 1) // 2][:2] <= heap[i][:2] for i in range(1, len(heap)))
 
 
 # --- least connections ------------------------------------------------------------
@@ -280,15 +283,36 @@ def test_p2c_spreads_equal_loads_by_weight() -> None:
 # --- ip-hash ----------------------------------------------------------------------
 
 
-def reference_hrw(key: str, targets: Sequence[Node]) -> str:
-    """Independent restatement of the documented scoring, to pin the cross-process mapping."""
+def reference_ring(key: str, targets: Sequence[Node]) -> str:
+    """Independent restatement of the documented ring and probes, to pin the cross-process map."""
 
-    def score(t: Node) -> float:
-        digest = hashlib.blake2b(f"{key}\x00{t.id}".encode(), digest_size=8).digest()
-        u = ((int.from_bytes(digest, "big") >> 11) + 0.5) / 2.0**53
-        return -t.weight / math.log(u)
+    def words(data: bytes, person: bytes) -> list[int]:
+        digest = hashlib.blake2b(data, digest_size=64, person=person).digest()
+        return [int.from_bytes(digest[i : i + 8], "big") for i in range(0, 64, 8)]
 
-    return max(targets, key=score).id
+    ring = []
+    for t in targets:
+        count = min(2048, max(1, round(t.weight * 32)))
+        points = [
+            p
+            for block in range((count + 7) // 8)
+            for p in words(t.id.encode() + block.to_bytes(4, "big"), b"wsclient-vnode")
+        ]
+        ring += [(p, t.id) for p in points[:count]]
+    ring.sort()
+    positions = [p for p, _ in ring]
+    probes = (
+        words(key.encode() + b"\x00", b"wsclient-key")
+        + words(key.encode() + b"\x01", b"wsclient-key")
+    )[:12]
+    best = None
+    for h in probes:
+        i = bisect.bisect_left(positions, h) % len(ring)
+        distance = (ring[i][0] - h) % 2**64
+        if best is None or distance < best[0]:
+            best = (distance, ring[i][1])
+    assert best is not None
+    return best[1]
 
 
 def test_ip_hash_same_key_same_target() -> None:
@@ -306,7 +330,7 @@ def test_ip_hash_stable_across_instances_and_processes() -> None:
     b2 = IpHash()
     b2.update(list(reversed(targets)))
     for key in KEYS:
-        assert b1.pick(key).id == b2.pick(key).id == reference_hrw(key, targets)
+        assert b1.pick(key).id == b2.pick(key).id == reference_ring(key, targets)
 
 
 def test_ip_hash_removal_moves_only_keys_on_removed_target() -> None:
@@ -463,10 +487,10 @@ def test_empty_set_raises_lookup_error(name: str) -> None:
         b.pick(key)
 
 
-@pytest.mark.parametrize("name", sorted(set(BALANCERS) - {"round-robin"}))
+@pytest.mark.parametrize("name", sorted(BALANCERS))
 @pytest.mark.parametrize("weight", [0.0, -1.0, math.inf, math.nan])
 def test_invalid_weight_rejected(name: str, weight: float) -> None:
-    """Weight-aware strategies reject weights that are not finite and positive in update()."""
+    """Every strategy rejects weights that are not finite and positive in update()."""
     b = create_balancer(name, rng=random.Random(0))
     with pytest.raises(ValueError, match="invalid weight"):
         b.update([Node("ok"), Node("bad", weight)])
