@@ -295,7 +295,7 @@ def reference_ring(key: str, targets: Sequence[Node]) -> str:
 
     ring = []
     for t in targets:
-        count = min(2048, max(1, round(t.weight * 32)))
+        count = min(1024, max(1, round(t.weight * 32)))
         points = [
             p
             for block in range((count + 7) // 8)
@@ -840,22 +840,40 @@ def test_ip_hash_incremental_equals_rebuilt(ops: list[tuple[str, int, float]]) -
 
 def test_ip_hash_ring_chunks_split_and_merge() -> None:
     """Growing past a chunk splits it; shrinking merges; lookups stay exact throughout."""
-    targets = [Node(f"ws-{i}", 4.0) for i in range(40)]  # 128 points each: 5,120 in all
+    from wsclient.balancers import _RING_CHUNK
+
+    targets = [Node(f"ws-{i}", 8.0) for i in range(100)]  # 256 points each
     b = IpHash()
     for t in targets:
         b.add(t)
     ring = b._ring
-    assert len(ring.pos) > 4 and len(ring) == 40 * 128
-    assert all(256 <= len(p) <= 1024 for p in ring.pos)
+    assert len(ring) == 100 * 256 and len(ring.pos) >= 100 * 256 // (2 * _RING_CHUNK)
+    assert all(_RING_CHUNK // 2 <= len(p) <= 2 * _RING_CHUNK for p in ring.pos)
     assert list(ring.maxes) == [p[-1] for p in ring.pos]
     flat = [x for p in ring.pos for x in p]
     assert flat == sorted(flat)
-    for t in targets[:36]:
+    for t in targets[:92]:
         b.remove(t)
-    assert len(ring) == 4 * 128 and len(ring.pos) <= 2
+    assert len(ring) == 8 * 256
+    assert all(len(p) >= _RING_CHUNK // 2 for p in ring.pos[:-1])
+    assert list(ring.maxes) == [p[-1] for p in ring.pos]
     rebuilt = IpHash()
-    rebuilt.update(targets[36:])
+    rebuilt.update(targets[92:])
     assert all(b.pick(k).id == rebuilt.pick(k).id for k in RING_KEYS)
+
+
+def test_ip_hash_point_counts_are_clamped() -> None:
+    """Ring points are round(weight * 32), at least 1 and at most 1024 (the documented bound)."""
+    b = IpHash()
+    for tid, w, expected in (
+        ("tiny", 1e-6, 1),
+        ("ramp", 0.1, 3),
+        ("one", 1.0, 32),
+        ("big", 1e6, 1024),
+    ):
+        b.add(Node(tid, w))
+        assert b._owners[tid].count == expected
+    assert len(b._ring) == 1 + 3 + 32 + 1024
 
 
 # --- state machine -----------------------------------------------------------------------
