@@ -838,28 +838,50 @@ def test_ip_hash_incremental_equals_rebuilt(ops: list[tuple[str, int, float]]) -
         assert all(b.pick(k).id == rebuilt.pick(k).id for k in RING_KEYS[:200])
 
 
-def test_ip_hash_ring_chunks_split_and_merge() -> None:
-    """Growing past a chunk splits it; shrinking merges; lookups stay exact throughout."""
-    from wsclient.balancers import _RING_CHUNK
+def test_ip_hash_ring_buckets_split_and_join(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The ring's buckets split as it grows and join as it shrinks; lookups never change."""
+    from wsclient import balancers
 
-    targets = [Node(f"ws-{i}", 8.0) for i in range(100)]  # 256 points each
+    monkeypatch.setattr(balancers, "_RING_BUCKET", 8)
+    targets = [Node(f"ws-{i}", 2.0) for i in range(60)]  # 64 points each
     b = IpHash()
+    sizes = []
     for t in targets:
         b.add(t)
+        sizes.append(b._ring.bits)
     ring = b._ring
-    assert len(ring) == 100 * 256 and len(ring.pos) >= 100 * 256 // (2 * _RING_CHUNK)
-    assert all(_RING_CHUNK // 2 <= len(p) <= 2 * _RING_CHUNK for p in ring.pos)
-    assert list(ring.maxes) == [p[-1] for p in ring.pos]
-    flat = [x for p in ring.pos for x in p]
+    assert sizes == sorted(sizes) and ring.bits == 8  # 3,840 points: mean 15 per bucket
+    assert len(ring) == 60 * 64 == sum(len(p) for p in ring.pos)
+    assert all(p >> ring.shift == j for j, bucket in enumerate(ring.pos) for p in bucket)
+    flat = [x for bucket in ring.pos for x in bucket]
     assert flat == sorted(flat)
-    for t in targets[:92]:
-        b.remove(t)
-    assert len(ring) == 8 * 256
-    assert all(len(p) >= _RING_CHUNK // 2 for p in ring.pos[:-1])
-    assert list(ring.maxes) == [p[-1] for p in ring.pos]
     rebuilt = IpHash()
-    rebuilt.update(targets[92:])
+    rebuilt.update(targets)
+    assert rebuilt._ring.bits == 8
     assert all(b.pick(k).id == rebuilt.pick(k).id for k in RING_KEYS)
+    for t in targets[:57]:
+        b.remove(t)
+    assert len(ring) == 3 * 64 and ring.bits == 4  # mean 12 per bucket again
+    assert all(p >> ring.shift == j for j, bucket in enumerate(ring.pos) for p in bucket)
+    rebuilt = IpHash()
+    rebuilt.update(targets[57:])
+    assert all(b.pick(k).id == rebuilt.pick(k).id for k in RING_KEYS)
+
+
+def test_ip_hash_lookup_wraps_past_empty_buckets(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A probe past the last point of its bucket goes on to the next non-empty one, wrapping."""
+    from wsclient import balancers
+
+    ring = balancers._Ring()
+    members = [balancers._RingMember(Node(f"m{i}"), 1) for i in range(3)]
+    monkeypatch.setattr(balancers, "_RING_BUCKET", 1)
+    for p, m in zip((5, 2**62 + 7, 2**63 + 9), members, strict=True):
+        ring.insert(p, m)
+    assert ring.bits == 1  # buckets [5, 2**62 + 7] and [2**63 + 9]
+    assert ring.lookup([6]) is members[1]
+    assert ring.lookup([2**62 + 8]) is members[2]  # skips to the next bucket
+    assert ring.lookup([2**63 + 10]) is members[0]  # wraps to the first point
+    assert ring.lookup([2**63 + 10, 2**62]) is members[1]  # the nearer of two probes wins
 
 
 def test_ip_hash_point_counts_are_clamped() -> None:

@@ -15,7 +15,7 @@ least-connections      exact scan up to 32 targets, else weighted  O(log n)     
                        p2c over the prefix-sum tree
 least-connections-p2c  prefix-sum tree, weighted p2c               O(log n)       O(log n)
 random                 prefix-sum tree                             O(log n)       O(log n)
-ip-hash                weighted point ring (chunked sorted list),  O(w log n)     O(log n)
+ip-hash                weighted point ring (sorted buckets),       O(w log n)     O(log n)
                        multi-probe lookup
 =====================  ==========================================  =============  ==========
 
@@ -50,21 +50,21 @@ to run, so a slow-start ramp neither gains nor loses picks at each step.
 **ip-hash** must send one key to one backend in every process, move only the
 removed backend's keys on a removal and only keys onto the new backend on an
 add. Weighted rendezvous hashing does all that but costs O(n) per pick, so the
-strategy is a consistent-hash ring instead: each backend owns
-``round(weight * 32)`` points (at least 1, at most 1024) at blake2b positions
-derived from its id, kept in a chunked sorted list (a C bisect over the chunk
-maxima, one inside a chunk; an insert moves at most one chunk). A plain ring is
-too uneven with few points (at 100 points per unit of weight, 2:1:1 misses
-50/25/25 by more than 3 % for about 40 % of id sets), so lookups use
-multi-probe consistent hashing (Appleton & O'Reilly, 2015): the key is hashed
-to 12 positions and the ring point nearest after any of them wins. With 32
-points per unit of weight that brings 2:1:1 to within about 1 % (2.3 % for the
-worst of 40 id sets) and keeps both consistency properties: removing points
-only lengthens some probes' distances, so only keys that chose a removed point
-move, and adding points only shortens them, so keys move only onto the new
-points. The mapping depends only on the set of (id, weight), never on the order
-of calls, and blake2b makes it identical across processes. The approximation in
-the weights is documented on ``IpHash``.
+strategy is a consistent-hash ring instead: each backend owns ``round(weight *
+32)`` points (at least 1, at most 1024) at blake2b positions derived from its
+id, kept sorted in buckets by their top bits (a lookup indexes its bucket
+directly and bisects it in C; an insert moves one bucket's tail; see
+``_Ring``). A plain ring is too uneven with few points (at 100 points per unit
+of weight, 2:1:1 misses 50/25/25 by more than 3 % for about 40 % of id sets),
+so lookups use multi-probe consistent hashing (Appleton & O'Reilly, 2015): the
+key is hashed to 12 positions and the ring point nearest after any of them
+wins. With 32 points per unit of weight that brings 2:1:1 to within about 1 %
+(2.3 % for the worst of 40 id sets) and keeps both consistency properties:
+removing points only lengthens some probes' distances, so only keys that chose
+a removed point move, and adding points only shortens them, so keys move only
+onto the new points. The mapping depends only on the set of (id, weight), never
+on the order of calls, and blake2b makes it identical across processes. The
+approximation in the weights is documented on ``IpHash``.
 
 **Custom strategies** may subclass ``Balancer`` and implement only ``update()``
 and ``pick()``: the base class then records the members ``update()`` was given
@@ -919,10 +919,8 @@ class WeightedRandom(_WeightedSet):
 _RING_POINTS_PER_WEIGHT = 32
 _RING_MAX_POINTS = 1024
 _RING_PROBES = 12
-# Chunks of the sorted ring hold between _RING_CHUNK / 2 and 2 * _RING_CHUNK points.
-# Large chunks keep the list of chunk maxima short, which is what a lookup
-# pays for most at 10,000 backends; an insert still moves at most 32 KB.
-_RING_CHUNK = 2048
+# Mean number of ring points per bucket (see _Ring).
+_RING_BUCKET = 512
 _MASK64 = (1 << 64) - 1
 _UNPACK_8Q = struct.Struct(">8Q").unpack
 
@@ -966,116 +964,127 @@ class _RingMember:
 
 
 class _Ring:
-    """A sorted list of (position, member) in chunks: O(log n) search, O(chunk) insert.
+    """The ring's points, sorted, in ``2**bits`` buckets by their top bits.
 
-    ``maxes[c]`` is the last position in chunk ``c``; ``pos[c]`` (an unsigned
-    64-bit array, 8 bytes a point) and ``own[c]`` are the chunk's positions and
-    owners. Equal positions (a 64-bit collision) are ordered by owner id, so the
-    ring's content is independent of the order points arrived in.
+    Bucket ``j`` holds the points ``p`` with ``p >> (64 - bits) == j`` as an
+    unsigned 64-bit array (8 bytes a point) with a parallel list of owners.
+    Points are uniform hashes, so the buckets stay close to their mean size
+    and a lookup goes straight to its bucket: one shift, one C bisect, the
+    same work at 100 points or a million. ``bits`` follows the size (mean
+    bucket between ``_RING_BUCKET / 2`` and ``2 * _RING_BUCKET`` points);
+    changing it splits or joins every bucket with C slices and never changes
+    the mapping. Equal positions (a 64-bit collision) are ordered by owner
+    id, so the content is independent of the order points arrived in.
     """
 
-    __slots__ = ("maxes", "own", "pos")
+    __slots__ = ("bits", "count", "own", "pos", "shift")
 
     def __init__(self) -> None:
-        self.maxes: list[int] = []
-        self.pos: list[array[int]] = []
-        self.own: list[list[_RingMember]] = []
+        self.bits = 0
+        self.shift = 64
+        self.count = 0
+        self.pos: list[array[int]] = [array("Q")]
+        self.own: list[list[_RingMember]] = [[]]
 
     def __len__(self) -> int:
-        return sum(len(p) for p in self.pos)
+        return self.count
+
+    @staticmethod
+    def _bits_for(count: int) -> int:
+        return max(0, (count // _RING_BUCKET).bit_length() - 1)
 
     def build(self, points: list[int], owners: list[_RingMember]) -> None:
         # Stable sort of indices: callers list members in id order, so equal
         # positions end up ordered by id, as insert() would order them.
         order = sorted(range(len(points)), key=points.__getitem__)
-        self.maxes, self.pos, self.own = [], [], []
-        for lo in range(0, len(order), _RING_CHUNK):
-            part = order[lo : lo + _RING_CHUNK]
-            chunk = array("Q", [points[i] for i in part])
-            self.pos.append(chunk)
-            self.own.append([owners[i] for i in part])
-            self.maxes.append(chunk[-1])
+        flat = array("Q", [points[i] for i in order])
+        flat_own = [owners[i] for i in order]
+        self.count = len(flat)
+        self.bits = self._bits_for(self.count)
+        self.shift = 64 - self.bits
+        self.pos, self.own = [], []
+        lo = 0
+        for j in range(1 << self.bits):
+            hi = bisect_left(flat, (j + 1) << self.shift, lo)
+            self.pos.append(flat[lo:hi])
+            self.own.append(flat_own[lo:hi])
+            lo = hi
+
+    def _resize(self) -> None:
+        bits = self._bits_for(self.count)
+        while bits > self.bits:
+            # Split every bucket in two at the next bit.
+            self.bits += 1
+            self.shift -= 1
+            pos: list[array[int]] = []
+            own: list[list[_RingMember]] = []
+            for j, (p, o) in enumerate(zip(self.pos, self.own, strict=True)):
+                k = bisect_left(p, ((2 * j + 1) << self.shift))
+                pos += (p[:k], p[k:])
+                own += (o[:k], o[k:])
+            self.pos, self.own = pos, own
+        while bits < self.bits:
+            # Join neighbouring buckets.
+            self.bits -= 1
+            self.shift += 1
+            self.pos = [a + b for a, b in zip(self.pos[::2], self.pos[1::2], strict=True)]
+            self.own = [a + b for a, b in zip(self.own[::2], self.own[1::2], strict=True)]
 
     def insert(self, p: int, m: _RingMember) -> None:
-        maxes = self.maxes
-        if not maxes:
-            self.maxes, self.pos, self.own = [p], [array("Q", [p])], [[m]]
-            return
-        c = bisect_left(maxes, p)
-        if c == len(maxes):
-            c -= 1
-        pos, own = self.pos[c], self.own[c]
+        j = p >> self.shift
+        pos, own = self.pos[j], self.own[j]
         i = bisect_left(pos, p)
         while i < len(pos) and pos[i] == p and own[i].key < m.key:
             i += 1
+        # An insert moves one bucket's tail: a few hundred points, one memmove.
         pos.insert(i, p)
         own.insert(i, m)
-        maxes[c] = pos[-1]
-        if len(pos) > 2 * _RING_CHUNK:
-            self._split(c)
-
-    def _split(self, c: int) -> None:
-        pos, own = self.pos[c], self.own[c]
-        half = len(pos) // 2
-        self.pos[c : c + 1] = [pos[:half], pos[half:]]
-        self.own[c : c + 1] = [own[:half], own[half:]]
-        self.maxes[c : c + 1] = [pos[half - 1], pos[-1]]
+        self.count += 1
+        if self.count >= _RING_BUCKET << (self.bits + 1):
+            # Amortised O(1): the number of points doubled since the last split.
+            self._resize()
 
     def delete(self, p: int, m: _RingMember) -> None:
-        c = bisect_left(self.maxes, p)
-        # A run of equal positions may continue into the next chunk.
-        while c < len(self.maxes):
-            pos, own = self.pos[c], self.own[c]
-            i = bisect_left(pos, p)
-            while i < len(pos) and pos[i] == p:
-                if own[i] is m:
-                    del pos[i]
-                    del own[i]
-                    self._settle(c)
-                    return
-                i += 1
-            c += 1
+        j = p >> self.shift
+        pos, own = self.pos[j], self.own[j]
+        i = bisect_left(pos, p)
+        while i < len(pos) and pos[i] == p:
+            if own[i] is m:
+                del pos[i]
+                del own[i]
+                self.count -= 1
+                if self.bits and self.count < _RING_BUCKET << (self.bits - 1):
+                    self._resize()
+                return
+            i += 1
         raise AssertionError(f"ring point {p} of {m.target.id!r} is missing")
-
-    def _settle(self, c: int) -> None:
-        """After a deletion: fix the chunk's maximum, merge an undersized chunk."""
-        pos = self.pos[c]
-        if not pos:
-            del self.pos[c], self.own[c], self.maxes[c]
-            return
-        self.maxes[c] = pos[-1]
-        if len(pos) < _RING_CHUNK // 2 and len(self.pos) > 1:
-            # Merging keeps the chunk count near points / chunk size however
-            # much churn passes, so the search over maxes stays short.
-            if c == len(self.pos) - 1:
-                c -= 1
-            self.pos[c].extend(self.pos[c + 1])
-            self.own[c].extend(self.own[c + 1])
-            del self.pos[c + 1], self.own[c + 1], self.maxes[c + 1]
-            self.maxes[c] = self.pos[c][-1]
-            if len(self.pos[c]) > 2 * _RING_CHUNK:
-                self._split(c)
 
     def lookup(self, probes: Iterable[int]) -> _RingMember:
         """The owner of the point nearest after any probe (clockwise, wrapping)."""
-        maxes, chunks = self.maxes, self.pos
-        last = len(maxes)
+        buckets, shift = self.pos, self.shift
         best_d = _MASK64 + 1
-        best_c = best_i = 0
+        best_j = best_i = 0
         for h in probes:
-            c = bisect_left(maxes, h)
-            if c == last:
-                # Past the highest point: wrap to the first.
-                d = (chunks[0][0] - h) & _MASK64
-                if d < best_d:
-                    best_d, best_c, best_i = d, 0, 0
+            j = h >> shift
+            bucket = buckets[j]
+            i = bisect_left(bucket, h)
+            if i < len(bucket):
+                d = bucket[i] - h
             else:
-                chunk = chunks[c]
-                i = bisect_left(chunk, h)
-                d = chunk[i] - h
-                if d < best_d:
-                    best_d, best_c, best_i = d, c, i
-        return self.own[best_c][best_i]
+                # Past the bucket's last point (rare with ~500 per bucket):
+                # the next non-empty bucket's first point, wrapping around.
+                i = 0
+                j += 1
+                while True:
+                    if j == len(buckets):
+                        j = 0
+                    if buckets[j]:
+                        break
+                    j += 1
+                d = (buckets[j][0] - h) & _MASK64
+            if d < best_d:
+                best_d, best_j, best_i = d, j, i
+        return self.own[best_j][best_i]
 
 
 @register_balancer
