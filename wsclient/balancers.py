@@ -50,10 +50,10 @@ to run, so a slow-start ramp neither gains nor loses picks at each step.
 **ip-hash** must send one key to one backend in every process, move only the
 removed backend's keys on a removal and only keys onto the new backend on an
 add. Weighted rendezvous hashing does all that but costs O(n) per pick, so the
-strategy is a consistent-hash ring instead: each backend owns ``round(weight *
-32)`` points (at least 1, at most 1024) at blake2b positions derived from its
-id, kept sorted in buckets by their top bits (a lookup indexes its bucket
-directly and bisects it in C; an insert moves one bucket's tail; see
+strategy is a consistent-hash ring instead: each backend owns
+``round(weight * 32)`` points (at least 1, at most 1024) at blake2b positions
+derived from its id, kept sorted in buckets by their top bits (a lookup indexes
+its bucket directly and bisects it in C; an insert moves one bucket's tail; see
 ``_Ring``). A plain ring is too uneven with few points (at 100 points per unit
 of weight, 2:1:1 misses 50/25/25 by more than 3 % for about 40 % of id sets),
 so lookups use multi-probe consistent hashing (Appleton & O'Reilly, 2015): the
