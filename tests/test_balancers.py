@@ -1063,3 +1063,73 @@ def test_repr_names_strategy_and_size() -> None:
     """repr() shows the class, the registered name and how many targets it holds."""
     b = make(WeightedRandom, nodes([1, 2, 3]))
     assert repr(b) == "<WeightedRandom 'random' targets=3>"
+
+
+# --- sampling through lanes or the tree ------------------------------------------------
+
+
+@pytest.fixture(params=["lanes", "tree"])
+def sampling(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run a test with draws through the lanes (few weights) and through the tree."""
+    from wsclient import balancers
+
+    if request.param == "tree":
+        monkeypatch.setattr(balancers, "_MAX_SAMPLE_LANES", 0)
+    mode: str = request.param
+    return mode
+
+
+@settings(max_examples=40, deadline=None)
+@given(ops=OPS)
+def test_lane_plan_covers_units_exactly(ops: list[tuple[str, int, float]]) -> None:
+    """After any changes each lane slot owns exactly its units in lane order, like the tree."""
+    b = WeightedRandom(rng=random.Random(0))
+    members = apply_ops(b, ops)
+    tree = b._tree
+    if not members:
+        assert tree.plan is None
+        return
+    assert tree.plan is not None  # at most 7 distinct weights
+    sums, lanes, units = tree.plan
+    assert sums[-1] == tree.total
+    assert sorted(i for lane in lanes for i in lane) == list(range(len(members)))
+    before = 0
+    for lane, u in zip(lanes, units, strict=True):
+        for i in lane:
+            assert tree.units[i] == u
+            assert tree.lane_locate(before) == (i, before)
+            assert tree.lane_locate(before + u - 1)[0] == i
+            before += u
+
+
+def test_many_distinct_weights_fall_back_to_the_tree() -> None:
+    """Past 16 distinct weights there is no lane plan; back at 16 there is one again."""
+    b = WeightedRandom(rng=random.Random(0))
+    ts = [Node(f"w{i}", 1.0 + i) for i in range(17)]
+    b.update(ts)
+    assert b._tree.plan is None
+    assert {b.pick().id for _ in range(2000)} == {t.id for t in ts}
+    b.remove(ts[0])
+    assert b._tree.plan is not None and len(b._tree.plan[2]) == 16
+
+
+def test_weighted_random_shares_both_ways(sampling: str) -> None:
+    """Weights 2:1:1 give 50/25/25 % within ±2 % through lanes and through the tree."""
+    b = make(WeightedRandom, nodes([2, 1, 1]), seed=7)
+    assert (b._tree.plan is None) == (sampling == "tree")  # type: ignore[attr-defined]
+    c = counts(b, 20_000)
+    for tid, share in (("n0", 0.5), ("n1", 0.25), ("n2", 0.25)):
+        assert abs(c[tid] / 20_000 - share) <= 0.02
+
+
+@pytest.mark.parametrize("cls", [PowerOfTwoLeastConnections, LeastConnections])
+def test_p2c_both_ways(sampling: str, cls: type[Balancer]) -> None:
+    """p2c (also least-connections past its scan limit) works alike through lanes and the tree."""
+    weights = [3.0] + [1.0] * 39
+    targets = nodes(weights)
+    b = make(cls, targets, seed=5)
+    c = counts(b, 12_000)
+    # Equal loads: the first, weighted candidate wins, so shares follow weights.
+    assert abs(c["n0"] / 12_000 - 3 / 42) <= 0.012
+    targets[7].active = 50
+    assert all(b.pick().id != "n7" for _ in range(3000))

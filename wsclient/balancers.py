@@ -6,32 +6,40 @@ and asks for one target through ``pick()`` on every acquire. ``update(targets)``
 remains as a full reset (clear, then ``add`` each). Every built-in strategy keeps
 an incremental structure, so with ``n`` eligible targets:
 
-=====================  ==========================================  =============  ==========
+=====================  ==========================================  =============  ============
 strategy               structure                                   change         pick
-=====================  ==========================================  =============  ==========
+=====================  ==========================================  =============  ============
 round-robin            list + id -> index map, swap-remove, cursor O(1)           O(1)
 weighted-round-robin   EDF over lanes of equal weight, lazy delete O(log n) [1]   O(log k)
-least-connections      exact scan up to 32 targets, else weighted  O(log n)       O(log n)
-                       p2c over the prefix-sum tree
-least-connections-p2c  prefix-sum tree, weighted p2c               O(log n)       O(log n)
-random                 prefix-sum tree                             O(log n)       O(log n)
+least-connections      exact scan up to 32 targets, else weighted  O(log n)       O(log n) [2]
+                       p2c (weighted sampling, below)
+least-connections-p2c  weighted p2c (weighted sampling, below)     O(log n)       O(log n) [2]
+random                 weighted sampling, below                    O(log n)       O(log n) [2]
 ip-hash                weighted point ring (sorted buckets),       O(w log n)     O(log n)
                        multi-probe lookup
-=====================  ==========================================  =============  ==========
+=====================  ==========================================  =============  ============
 
-[1] amortised; k is the number of distinct weights (k <= n); w is the
-number of ring points of the changed backend (32 per unit of weight, capped).
+[1] amortised; k is the number of distinct weights (k <= n). Adding a target
+to its lane is a binary search plus one memmove of the lane's pointers: linear
+in principle, about a microsecond among 10,000 targets. w is the number of
+ring points of the changed backend (32 per unit of weight, at most 1024).
+[2] O(1) while there are at most 16 distinct weights.
 
-**Prefix-sum tree** (``_WeightIndex``, used by random and both least-connections
-strategies): the slot weights, as integers, under a tree of fan-out 128 whose
-every node stores the running (prefix) sums of its children. A draw is one C
-``bisect`` per level; there are always at least two levels, so the draw costs
-the same from 1 to 16,384 targets, and a third level appears only beyond that.
-A weight change rewrites at most 128 sums per level (one C ``map`` each).
-Weights become fixed-point integers (``2**32`` units per unit of weight), so
-the sums never drift however many changes pass, and a draw below the total
-always lands on a slot with a positive weight. A removed slot is filled by the
-last one (swap-remove).
+**Weighted sampling** (``_WeightIndex``, used by random and both
+least-connections strategies) has two routes to the same distribution. The
+general one is a prefix-sum tree: the slot weights, as integers, under a tree
+of fan-out 128 whose every node stores the running sums of its children; a draw
+is one C ``bisect`` per level, and there are always at least two levels, so a
+draw costs the same from 1 to 16,384 targets (a third level appears only beyond
+that). A weight change rewrites at most 128 sums per level (one C ``map``
+each). The fast one serves the usual case of a few distinct weights (at most
+16): slots of equal weight form a lane, and a draw is one bisect over the
+lanes' running sums and one division, O(1) and touching two short lists instead
+of two tree blocks, which at 10,000 targets is most of a draw's cost. Weights
+become fixed-point integers (``2**32`` units per unit of weight), so the sums
+never drift however many changes pass, and a draw below the total always lands
+on a slot with a positive weight. A removed slot is filled by the last one
+(swap-remove).
 
 **Weighted round-robin** is Envoy's earliest-deadline-first scheduler: each
 target is due every ``1/weight`` units of virtual time and the earliest
@@ -609,28 +617,43 @@ def _units(weight: float) -> int:
     return max(1, round(weight * _UNITS_PER_WEIGHT))
 
 
+# Up to this many distinct weights, draws go through the lanes of _WeightIndex.
+_MAX_SAMPLE_LANES = 16
+
+
 class _WeightIndex:
-    """Slots with integer weights and O(log n) weighted sampling.
+    """Slots with integer weights and O(log n) weighted sampling, two ways.
 
-    ``levels[0]`` holds blocks of ``_FANOUT`` running sums over the slot
-    weights, ``levels[1]`` running sums over the totals of those blocks, and so
-    on up to a single root block. Blocks are created as slots are appended;
-    slots past the end count as zero, so a draw below the total never reaches
-    them.
+    The tree: ``levels[0]`` holds blocks of ``_FANOUT`` running sums over the
+    slot weights, ``levels[1]`` running sums over the totals of those blocks,
+    and so on up to a single root block. Blocks are created as slots are
+    appended; slots past the end count as zero, so a draw below the total
+    never reaches them. There are always at least two levels: the second
+    bisect costs about 100 ns, and in exchange a draw costs the same from 1 to
+    16,384 slots (a third level comes only beyond that).
 
-    There are always at least two levels, even for a handful of slots: the
-    second bisect costs about 100 ns, and in exchange a draw costs the same
-    from 1 to 16,384 slots (a third level comes only beyond that), so pick
-    cost does not step up as a pool grows past 128 backends.
+    The lanes: slots of equal weight, each lane a list of slot numbers. While
+    there are at most ``_MAX_SAMPLE_LANES`` distinct weights (the usual case:
+    a few integer weights), ``plan`` holds the running sums over the lanes and
+    a draw is one bisect over that short list and one division -- O(1), and
+    it touches two small lists instead of two blocks of the tree, which at
+    10,000 slots is most of what a draw costs. Both ways give every slot
+    exactly ``units[i] / total`` of the draws. Each change rebuilds the plan
+    in O(lanes), so O(1) too; with more distinct weights (say, every backend
+    in its own slow-start ramp) ``plan`` is None and draws use the tree.
     """
 
-    __slots__ = ("levels", "slots", "units", "weights")
+    __slots__ = ("lane_pos", "lanes", "levels", "plan", "slots", "units", "weights")
 
     def __init__(self) -> None:
         self.slots: list[Target] = []
         self.weights: list[float] = []
         self.units: list[int] = []
         self.levels: list[list[list[int]]] = [[[0] * _FANOUT], [[0] * _FANOUT]]
+        self.lanes: dict[int, list[int]] = {}
+        self.lane_pos: list[int] = []
+        # (running sums of lane totals, lane slot lists, lane units) or None.
+        self.plan: tuple[list[int], list[list[int]], list[int]] | None = None
 
     @property
     def total(self) -> int:
@@ -643,6 +666,31 @@ class _WeightIndex:
             block = level[b]
             block[c:] = map(add, block[c:])
             i = b
+
+    def _join_lane(self, i: int, u: int) -> None:
+        lane = self.lanes.setdefault(u, [])
+        self.lane_pos[i] = len(lane)
+        lane.append(i)
+
+    def _leave_lane(self, i: int, u: int) -> None:
+        lane = self.lanes[u]
+        j = self.lane_pos[i]
+        last = lane.pop()
+        if last != i:
+            lane[j] = last
+            self.lane_pos[last] = j
+        if not lane:
+            del self.lanes[u]
+
+    def _replan(self) -> None:
+        lanes = self.lanes
+        if not lanes or len(lanes) > _MAX_SAMPLE_LANES:
+            self.plan = None
+            return
+        units = list(lanes)
+        members = list(lanes.values())
+        sums = list(itertools.accumulate(u * len(m) for u, m in zip(units, members, strict=True)))
+        self.plan = (sums, members, units)
 
     def append(self, target: Target, weight: float) -> int:
         i = len(self.slots)
@@ -662,23 +710,34 @@ class _WeightIndex:
         self.slots.append(target)
         self.weights.append(weight)
         self.units.append(u)
+        self.lane_pos.append(0)
+        self._join_lane(i, u)
         self._add(i, u)
+        self._replan()
         return i
 
     def set(self, i: int, target: Target, weight: float) -> None:
         u = _units(weight)
-        self._add(i, u - self.units[i])
+        old = self.units[i]
         self.slots[i] = target
         self.weights[i] = weight
-        self.units[i] = u
+        if u != old:
+            self._add(i, u - old)
+            self.units[i] = u
+            self._leave_lane(i, old)
+            self._join_lane(i, u)
+            self._replan()
 
     def pop(self) -> None:
         """Drop the last slot (callers move it into a hole first: swap-remove)."""
         last = len(self.slots) - 1
         self._add(last, -self.units[last])
+        self._leave_lane(last, self.units[last])
         self.slots.pop()
         self.weights.pop()
         self.units.pop()
+        self.lane_pos.pop()
+        self._replan()
         levels = self.levels
         # Drop blocks that just became empty, then roots with a single child,
         # so the depth follows the current size.
@@ -693,7 +752,10 @@ class _WeightIndex:
             levels.pop()
 
     def locate(self, x: int) -> tuple[int, int]:
-        """The slot whose range of units holds ``x`` (0 <= x < total), and the units before it."""
+        """Through the tree: the slot whose units hold ``x`` (0 <= x < total), and the units before.
+
+        "Before" counts the slots in slot order.
+        """
         levels = self.levels
         if len(levels) == 2:
             # Up to 16,384 slots: two bisects. Unrolled because picks are hot
@@ -716,6 +778,19 @@ class _WeightIndex:
             i = i * _FANOUT + c
         return i, before
 
+    def lane_locate(self, x: int) -> tuple[int, int]:
+        """Through the lanes (``plan`` must be set): the slot for ``x``, and the units before.
+
+        "Before" counts the slots in lane order.
+        """
+        assert self.plan is not None
+        sums, members, units = self.plan
+        ln = bisect_right(sums, x)
+        before = sums[ln - 1] if ln else 0
+        u = units[ln]
+        k = (x - before) // u
+        return members[ln][k], before + k * u
+
     def draw(self, u: float) -> int:
         """The slot drawn by ``u`` in [0, 1): slot i with probability units[i] / total."""
         levels = self.levels
@@ -726,8 +801,15 @@ class _WeightIndex:
         x = int(u * total)
         if x >= total:
             x = total - 1
+        plan = self.plan
+        if plan is not None:
+            # lane_locate() inlined: a call costs as much as the lookup.
+            sums, members, units = plan
+            ln = bisect_right(sums, x)
+            if ln:
+                x -= sums[ln - 1]
+            return members[ln][x // units[ln]]
         if len(levels) == 2:
-            # locate() inlined: a call costs as much as a level.
             root = levels[1][0]
             c = bisect_right(root, x)
             if c:
@@ -738,22 +820,25 @@ class _WeightIndex:
     def draw_pair(self, u: float, v: float) -> tuple[int, int]:
         """Two distinct slots, weighted, drawn by ``u`` and ``v`` (needs two or more slots)."""
         total = self.levels[-1][0][-1]
+        find = self.locate if self.plan is None else self.lane_locate
         x = int(u * total)
-        a, before = self.locate(x if x < total else total - 1)
+        a, before = find(x if x < total else total - 1)
         ua = self.units[a]
         rest = total - ua
         # Second draw without replacement in one step: sample over the other
-        # slots' units and step over a's range. Integer sums make b != a exact.
+        # slots' units and step over a's range (contiguous in the order find
+        # uses). Integer sums make b != a exact.
         y = int(v * rest)
         if y >= rest:
             y = rest - 1
         if y >= before:
             y += ua
-        return a, self.locate(y)[0]
+        return a, find(y)[0]
 
     def clear(self) -> None:
         self.slots, self.weights, self.units = [], [], []
         self.levels = [[[0] * _FANOUT], [[0] * _FANOUT]]
+        self.lanes, self.lane_pos, self.plan = {}, [], None
 
 
 class _WeightedSet(_Incremental):
@@ -828,7 +913,32 @@ class _LeastLoaded(_WeightedSet):
         # Power of two choices: two distinct weighted draws, the one with the
         # lower active / weight wins.
         levels = tree.levels
-        if len(levels) != 2:
+        plan = tree.plan
+        if plan is not None:
+            # Lanes (few distinct weights): draw_pair() inlined, as below.
+            rnd = self._rng.random
+            sums, members, units = plan
+            total = sums[-1]
+            x = int(rnd() * total)
+            if x >= total:
+                x = total - 1
+            ln = bisect_right(sums, x)
+            before = sums[ln - 1] if ln else 0
+            ua = units[ln]
+            k = (x - before) // ua
+            a = members[ln][k]
+            before += k * ua
+            rest = total - ua
+            y = int(rnd() * rest)
+            if y >= rest:
+                y = rest - 1
+            if y >= before:
+                y += ua
+            ln = bisect_right(sums, y)
+            if ln:
+                y -= sums[ln - 1]
+            b = members[ln][y // units[ln]]
+        elif len(levels) != 2:
             a, b = tree.draw_pair(self._rng.random(), self._rng.random())
         else:
             # draw_pair() inlined for up to 16,384 targets: p2c is the pick of
