@@ -1,6 +1,6 @@
 """Cost of each balancing strategy as the number of backends grows.
 
-    python benchmarks/balancer_costs.py [--json PATH] [--rounds N]
+    python benchmarks/balancer_costs.py [--json PATH] [--rounds N] [--weights few|distinct]
 
 Per strategy: the median cost of one ``pick()`` at 10, 100, 1,000 and 10,000
 targets, and the median cost of one ``add``, ``remove`` and ``reweight`` among
@@ -9,10 +9,12 @@ promises to keep at or below 2.
 
 Picks are timed in batches of 200; the sizes take turns batch by batch, in a
 shuffled order each round, so that a burst of load from a neighbour on a
-shared machine hits every size alike, and the median over the 101 batches
-discards the rest of the noise. Targets have
-weights 1, 2 and 3 in turn and random ``active`` counts, so least-connections
-compares real loads. Runs in well under a minute.
+shared machine hits every size alike, and the median over the 201 batches
+discards the rest of the noise. The minimum is reported too: on a busy
+machine it is the steadier estimate of what a pick costs. Targets have
+weights 1, 2 and 3 in turn (``--weights distinct``: all different, the worst
+case for the per-weight lanes) and random ``active`` counts, so
+least-connections compares real loads. Runs in well under a minute.
 """
 
 from __future__ import annotations
@@ -42,9 +44,19 @@ class Node:
     active: int
 
 
+# "few": weights 1, 2, 3 in turn (the usual handful of integer weights);
+# "distinct": every weight different, as when all backends ramp up in slow
+# start at once -- the worst case for the lane-based structures.
+WEIGHTS = "few"
+
+
+def weight_of(i: int, n: int) -> float:
+    return float(1 + i % 3) if WEIGHTS == "few" else 1.0 + i / n
+
+
 def targets(n: int, rng: random.Random) -> list[Node]:
     return [
-        Node(f"ws://10.{i // 250}.{i % 250}.1:8080/ws", float(1 + i % 3), rng.randrange(20))
+        Node(f"ws://10.{i // 250}.{i % 250}.1:8080/ws", weight_of(i, n), rng.randrange(20))
         for i in range(n)
     ]
 
@@ -88,7 +100,7 @@ def change_costs(name: str) -> dict[str, float]:
     rng = random.Random(2)
     b = create_balancer(name, rng=random.Random(3))
     b.update(targets(SIZES[-1], rng))
-    extra = [Node(f"ws://172.16.0.{i}:8080/ws", float(1 + i % 3), 0) for i in range(CHANGES)]
+    extra = [Node(f"ws://172.16.0.{i}:8080/ws", weight_of(i, CHANGES), 0) for i in range(CHANGES)]
     adds, reweights, removes = [], [], []
     for t in extra:
         start = time.perf_counter_ns()
@@ -114,8 +126,16 @@ def change_costs(name: str) -> dict[str, float]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
-    parser.add_argument("--rounds", type=int, default=101, help="pick batches per size")
+    parser.add_argument("--rounds", type=int, default=201, help="pick batches per size")
+    parser.add_argument(
+        "--weights",
+        choices=("few", "distinct"),
+        default="few",
+        help="target weights: 1, 2, 3 in turn (default) or all different",
+    )
     args = parser.parse_args()
+    global WEIGHTS
+    WEIGHTS = args.weights
 
     results: dict[str, dict[str, float]] = {}
     for name in balancer_names():
@@ -147,7 +167,8 @@ def main() -> int:
             + f"{row['max_change_us']:>9.1f}"
         )
     if args.json:
-        args.json.write_text(json.dumps(results, indent=2) + "\n")
+        doc = {"weights": WEIGHTS, "rounds": args.rounds, "strategies": results}
+        args.json.write_text(json.dumps(doc, indent=2) + "\n")
     return 0
 
 
