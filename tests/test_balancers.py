@@ -1133,3 +1133,23 @@ def test_p2c_both_ways(sampling: str, cls: type[Balancer]) -> None:
     assert abs(c["n0"] / 12_000 - 3 / 42) <= 0.012
     targets[7].active = 50
     assert all(b.pick().id != "n7" for _ in range(3000))
+
+
+def test_wrr_order_is_edf_after_lane_compaction() -> None:
+    """Picks come in deadline order even after a lane drops its dead members."""
+    b = WeightedRoundRobin(rng=random.Random(9))
+    rare = [Node(f"r{i}", 0.01) for i in range(40)]
+    for t in rare:
+        b.add(t)
+    b.add(Node("busy", 5.0))
+    for t in rare[:30]:  # 30 dead > 10 live + 16: the rare lane is compacted
+        b.remove(t)
+    last = -math.inf
+    for _ in range(300):
+        picked = b.pick()
+        s = b._schedules[picked.id]
+        # The pick happened at the target's own deadline, in increasing order.
+        assert b._now == pytest.approx(s.due - s.period, rel=1e-12, abs=1e-12)
+        assert b._now >= last
+        last = b._now
+    assert all(lane.dead == 0 for lane in b._lanes.values() if lane.live == 10)

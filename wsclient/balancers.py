@@ -545,6 +545,10 @@ class WeightedRoundRobin(_Incremental):
         elif lane.dead > lane.live + 16:
             # Only a lane that is rarely picked accumulates dead entries.
             lane.compact()
+            # The first member may have changed: re-key the lane in the heap.
+            lane.gen += 1
+            self._stale += 1
+            heapq.heappush(self._heap, (lane.members[0].due, next(self._seq), lane, lane.gen))
 
     def _insert(self, target: Target, weight: float) -> None:
         period = 1.0 / weight
