@@ -1153,3 +1153,35 @@ def test_wrr_order_is_edf_after_lane_compaction() -> None:
         assert b._now >= last
         last = b._now
     assert all(lane.dead == 0 for lane in b._lanes.values() if lane.live == 10)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    steps=st.lists(
+        st.tuples(
+            st.sampled_from(["add", "remove", "reweight", "pick"]),
+            st.integers(0, 30),
+            st.sampled_from([0.01, 0.5, 1.0, 2.0, 3.0]),
+        ),
+        max_size=120,
+    ),
+    seed=st.integers(0, 2**32),
+)
+def test_wrr_always_picks_the_earliest_deadline(
+    steps: list[tuple[str, int, float]], seed: int
+) -> None:
+    """Interleaving changes and picks, each pick is the live target due first (exact EDF)."""
+    b = WeightedRoundRobin(rng=random.Random(seed))
+    members: dict[str, Node] = {}
+    for op, i, w in steps:
+        if op == "pick":
+            if not members:
+                continue
+            due = min(s.due for s in b._schedules.values())
+            picked = b.pick()
+            s = b._schedules[picked.id]
+            assert s.due - s.period == pytest.approx(due, rel=1e-9, abs=1e-12)
+            assert b._now == pytest.approx(due, rel=1e-9, abs=1e-12)
+        else:
+            apply_ops(b, [(op, i, w)], members)
+    assert set(b._schedules) == set(members)
