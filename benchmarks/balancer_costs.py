@@ -4,8 +4,8 @@
 
 Per strategy: the median cost of one ``pick()`` at 10, 100, 1,000 and 10,000
 targets, and the median cost of one ``add``, ``remove`` and ``reweight`` among
-10,000 targets; then the ratio pick(10k) / pick(10), which the balancer module
-promises to keep at or below 2.
+10,000 targets; then the ratio pick(10k) / pick(10), for which the target is
+at most 2 (SPEC section 2, item 12: cost stays flat as the pool grows).
 
 Picks are timed in batches of 200; the sizes take turns batch by batch, in a
 shuffled order each round, so that a burst of load from a neighbour on a
