@@ -1185,3 +1185,21 @@ def test_wrr_always_picks_the_earliest_deadline(
         else:
             apply_ops(b, [(op, i, w)], members)
     assert set(b._schedules) == set(members)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_extreme_weights_are_clamped_not_fatal(name: str) -> None:
+    """Finite weights far outside [2**-32, 2**32] are clamped: nothing overflows, picks go on."""
+    b = create_balancer(name, rng=random.Random(0))
+    huge, one, tiny = Node("huge", 1e300), Node("one", 1.0), Node("tiny", 1e-310)
+    b.update([huge, one, tiny])
+    key = key_for(b)
+    seen = Counter(b.pick(None if key is None else f"{key}-{i}").id for i in range(300))
+    assert set(seen) <= {"huge", "one", "tiny"}
+    if name not in ("round-robin", "ip-hash", "least-connections"):
+        # Weighted strategies: the clamped 2**32 : 1 : 2**-32 still means "huge" wins.
+        assert seen["huge"] == 300
+    tiny.weight = 1e-320
+    b.reweight(tiny)
+    b.remove(huge)
+    assert b.pick(key).id in {"one", "tiny"}

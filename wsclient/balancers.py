@@ -74,6 +74,11 @@ onto the new points. The mapping depends only on the set of (id, weight), never
 on the order of calls, and blake2b makes it identical across processes. The
 approximation in the weights is documented on ``IpHash``.
 
+**Weights** are validated on every ``add``/``reweight`` (finite and > 0, or a
+``ValueError`` naming the target) and then clamped to [2**-32, 2**32], a range
+wider than any configuration needs, so no period, sum or float conversion can
+overflow.
+
 **Custom strategies** may subclass ``Balancer`` and implement only ``update()``
 and ``pick()``: the base class then records the members ``update()`` was given
 and implements ``add``/``remove``/``reweight`` by calling ``update()`` with the
@@ -134,6 +139,18 @@ class Target(Protocol):
     def active(self) -> int:
         """Connections currently leased to the app; live, read at pick time."""
         ...
+
+
+# Weights are honoured exactly between these bounds and clamped outside them:
+# enough range for any real configuration, and it keeps 1/weight, the
+# fixed-point units and their sums finite (no inf or nan can reach a heap or
+# a float conversion).
+_MIN_WEIGHT = 2.0**-32
+_MAX_WEIGHT = 2.0**32
+
+
+def _clamp(weight: float) -> float:
+    return min(max(weight, _MIN_WEIGHT), _MAX_WEIGHT)
 
 
 def _check_weight(target: Target) -> float:
@@ -551,7 +568,7 @@ class WeightedRoundRobin(_Incremental):
             heapq.heappush(self._heap, (lane.members[0].due, next(self._seq), lane, lane.gen))
 
     def _insert(self, target: Target, weight: float) -> None:
-        period = 1.0 / weight
+        period = 1.0 / _clamp(weight)
         # A random phase within one period desynchronises a fleet while still
         # giving every target exactly its share over each full cycle.
         s = _Schedule(target, self._now + self._rng.random() * period, period)
@@ -563,7 +580,7 @@ class WeightedRoundRobin(_Incremental):
 
     def _reweigh(self, target: Target, weight: float) -> None:
         old = self._schedules[target.id]
-        period = 1.0 / weight
+        period = 1.0 / _clamp(weight)
         # Keep the fraction of the period still to run: a slow-start ramp that
         # reweights often then neither loses nor gains picks at each step.
         left = min(max((old.due - self._now) / old.period, 0.0), 1.0)
@@ -618,7 +635,7 @@ _UNITS_PER_WEIGHT = 2**32
 
 
 def _units(weight: float) -> int:
-    return max(1, round(weight * _UNITS_PER_WEIGHT))
+    return max(1, round(_clamp(weight) * _UNITS_PER_WEIGHT))
 
 
 # Up to this many distinct weights, draws go through the lanes of _WeightIndex.
@@ -712,7 +729,7 @@ class _WeightIndex:
             pos = b
         u = _units(weight)
         self.slots.append(target)
-        self.weights.append(weight)
+        self.weights.append(_clamp(weight))
         self.units.append(u)
         self.lane_pos.append(0)
         self._join_lane(i, u)
@@ -724,7 +741,7 @@ class _WeightIndex:
         u = _units(weight)
         old = self.units[i]
         self.slots[i] = target
-        self.weights[i] = weight
+        self.weights[i] = _clamp(weight)
         if u != old:
             self._add(i, u - old)
             self.units[i] = u
