@@ -1203,3 +1203,27 @@ def test_extreme_weights_are_clamped_not_fatal(name: str) -> None:
     b.reweight(tiny)
     b.remove(huge)
     assert b.pick(key).id in {"one", "tiny"}
+
+
+@pytest.mark.parametrize("cls", [RoundRobin, LeastConnections])
+def test_fleet_adding_the_same_targets_does_not_move_in_lockstep(cls: type[Balancer]) -> None:
+    """Built through add() alone, differently seeded instances start on different targets."""
+    firsts = set()
+    for seed in range(30):
+        b = cls(rng=random.Random(seed))
+        for t in nodes([1] * 8):
+            b.add(t)
+        firsts.add(b.pick().id)
+    assert len(firsts) > 3
+
+
+def test_round_robin_start_is_fixed_once_picking_began() -> None:
+    """After the first pick an add never moves the cursor, and the newcomer is served in turn."""
+    for seed in range(10):
+        b = RoundRobin(rng=random.Random(seed))
+        b.update(nodes([1] * 4))
+        b.pick()
+        cursor = b._next
+        b.add(Node("late"))
+        assert b._next == cursor
+        assert "late" in {b.pick().id for _ in range(5)}

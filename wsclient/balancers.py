@@ -371,17 +371,19 @@ class RoundRobin(_Incremental):
         self._index: dict[str, int] = {}
         # Next position to hand out: [0, _next) has been served this cycle.
         self._next = 0
-
-    def update(self, targets: Sequence[Target]) -> None:
-        super().update(targets)
-        # Random start so a fleet of freshly started clients spreads its first
-        # picks instead of all hitting targets[0].
-        self._next = self._rng.randrange(len(self._targets)) if self._targets else 0
+        # False until the first pick after the set was (re)built: until then
+        # the rotation may start anywhere.
+        self._started = False
 
     def _insert(self, target: Target, weight: float) -> None:
         # Appended after the cursor: served in the current cycle.
         self._index[target.id] = len(self._targets)
         self._targets.append(target)
+        if not self._started:
+            # Random start so a fleet of freshly started clients, adding the
+            # same backends in the same order, spreads its first picks instead
+            # of all hitting the first one.
+            self._next = self._rng.randrange(len(self._targets))
 
     def _move(self, src: int, dst: int) -> None:
         t = self._targets[src]
@@ -407,6 +409,8 @@ class RoundRobin(_Incremental):
         targets.pop()
         if self._next >= len(targets):
             self._next = 0
+        if not targets:
+            self._started = False
 
     def _reweigh(self, target: Target, weight: float) -> None:
         self._targets[self._index[target.id]] = target
@@ -415,6 +419,7 @@ class RoundRobin(_Incremental):
         self._targets = []
         self._index = {}
         self._next = 0
+        self._started = False
 
     def pick(self, key: str | None = None) -> Target:
         targets = self._targets
@@ -422,6 +427,7 @@ class RoundRobin(_Incremental):
             raise LookupError(_NO_BACKEND)
         i = self._next
         self._next = i + 1 if i + 1 < len(targets) else 0
+        self._started = True
         return targets[i]
 
 
@@ -900,9 +906,12 @@ class _LeastLoaded(_WeightedSet):
         super().__init__(rng=rng)
         self._cursor = 0
 
-    def update(self, targets: Sequence[Target]) -> None:
-        super().update(targets)
-        self._cursor = self._rng.randrange(len(self._tree.slots)) if self._tree.slots else 0
+    def _insert(self, target: Target, weight: float) -> None:
+        super()._insert(target, weight)
+        # The scan's starting point decides ties; a random one after each add
+        # keeps a fleet that adds the same backends in the same order from
+        # breaking its ties the same way.
+        self._cursor = self._rng.randrange(len(self._tree.slots))
 
     def _scan(self) -> Target:
         targets = self._tree.slots
