@@ -201,7 +201,9 @@ class Balancer(ABC):
 
     Built-in strategies implement ``add``/``remove``/``reweight`` in O(log n). A
     custom subclass may implement only ``update()`` and ``pick()``; the defaults
-    below then rebuild through ``update()``, which costs O(n) per change.
+    below then rebuild through ``update()``, which costs O(n) per change. (A
+    subclass that overrides ``add``/``remove`` too should also override
+    ``__len__`` and ``__contains__``: the base class only sees ``update()``.)
     """
 
     name: ClassVar[str]
