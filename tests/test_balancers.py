@@ -1227,3 +1227,34 @@ def test_round_robin_start_is_fixed_once_picking_began() -> None:
         b.add(Node("late"))
         assert b._next == cursor
         assert "late" in {b.pick().id for _ in range(5)}
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    weights=st.lists(st.sampled_from([0.3, 1.0, 2.0, 5.0]), max_size=300),
+    fanout=st.sampled_from([2, 3, 128]),
+)
+def test_bulk_update_builds_what_adds_build(weights: list[float], fanout: int) -> None:
+    """update() builds the sum tree and lanes in one pass, identical to adding one by one."""
+    from wsclient import balancers
+
+    old = balancers._FANOUT
+    balancers._FANOUT = fanout
+    try:
+        targets = nodes(weights)
+        bulk = WeightedRandom(rng=random.Random(0))
+        bulk.update(targets)
+        one_by_one = WeightedRandom(rng=random.Random(0))
+        for t in targets:
+            one_by_one.add(t)
+        a, b = bulk._tree, one_by_one._tree
+        assert a.levels == b.levels and a.units == b.units and a.slots == b.slots
+        assert a.lanes == b.lanes and a.lane_pos == b.lane_pos and a.plan == b.plan
+        assert bulk._slot == one_by_one._slot and len(bulk) == len(targets)
+        if targets:
+            # And it keeps working incrementally afterwards.
+            bulk.remove(targets[0])
+            one_by_one.remove(targets[0])
+            assert a.levels == b.levels
+    finally:
+        balancers._FANOUT = old

@@ -871,6 +871,34 @@ class _WeightIndex:
         self.levels = [[[0] * _FANOUT], [[0] * _FANOUT]]
         self.lanes, self.lane_pos, self.plan = {}, [], None
 
+    def build(self, targets: Sequence[Target], weights: Sequence[float]) -> None:
+        """Replace the content in O(n): what appending each target would give."""
+        self.clear()
+        self.slots = list(targets)
+        self.weights = [_clamp(w) for w in weights]
+        self.units = [_units(w) for w in weights]
+        for i, u in enumerate(self.units):
+            self.lane_pos.append(0)
+            self._join_lane(i, u)
+        self._replan()
+        children = self.units
+        levels: list[list[list[int]]] = []
+        # Each level's blocks are the running sums of 128 children; the next
+        # level's children are those blocks' totals. Padding with zeros keeps
+        # every block full, as appends would have left it.
+        while True:
+            blocks = [
+                list(itertools.accumulate(children[lo : lo + _FANOUT]))
+                for lo in range(0, max(len(children), 1), _FANOUT)
+            ]
+            for block in blocks:
+                block += [block[-1] if block else 0] * (_FANOUT - len(block))
+            levels.append(blocks)
+            if len(blocks) == 1 and len(levels) >= 2:
+                break
+            children = [block[-1] for block in blocks]
+        self.levels = levels
+
 
 class _WeightedSet(_Incremental):
     """Targets in a ``_WeightIndex`` with an id -> slot map and swap-remove."""
@@ -879,6 +907,14 @@ class _WeightedSet(_Incremental):
         super().__init__(rng=rng)
         self._tree = _WeightIndex()
         self._slot: dict[str, int] = {}
+
+    def update(self, targets: Sequence[Target]) -> None:
+        # Same result as clear + add each, built in O(n) with C-level sums.
+        targets = list(targets)
+        _check_all(targets)
+        self._tree.build(targets, [float(t.weight) for t in targets])
+        self._slot = {t.id: i for i, t in enumerate(targets)}
+        self._members = {t.id: t for t in targets}
 
     def _insert(self, target: Target, weight: float) -> None:
         self._slot[target.id] = self._tree.append(target, weight)
@@ -909,6 +945,10 @@ class _LeastLoaded(_WeightedSet):
     def __init__(self, *, rng: random.Random | None = None) -> None:
         super().__init__(rng=rng)
         self._cursor = 0
+
+    def update(self, targets: Sequence[Target]) -> None:
+        super().update(targets)
+        self._cursor = self._rng.randrange(len(self._tree.slots)) if self._tree.slots else 0
 
     def _insert(self, target: Target, weight: float) -> None:
         super()._insert(target, weight)
@@ -1141,8 +1181,10 @@ class _Ring:
         # Stable sort of indices: callers list members in id order, so equal
         # positions end up ordered by id, as insert() would order them.
         order = sorted(range(len(points)), key=points.__getitem__)
-        flat = array("Q", [points[i] for i in order])
-        flat_own = [owners[i] for i in order]
+        # map() with bound __getitem__ runs the gather in C: a third of the
+        # cost of a list comprehension over 100,000s of points.
+        flat = array("Q", map(points.__getitem__, order))
+        flat_own = list(map(owners.__getitem__, order))
         self.count = len(flat)
         self.bits = self._bits_for(self.count)
         self.shift = 64 - self.bits
