@@ -1258,3 +1258,28 @@ def test_bulk_update_builds_what_adds_build(weights: list[float], fanout: int) -
             assert a.levels == b.levels
     finally:
         balancers._FANOUT = old
+
+
+@settings(max_examples=40, deadline=None)
+@given(ops=OPS, data=st.data())
+def test_ip_hash_update_by_difference_equals_rebuild(
+    ops: list[tuple[str, int, float]], data: st.DataObject
+) -> None:
+    """update() applied as a difference to a large set gives the ring a fresh build gives."""
+    base = [Node(f"base{i}", 1.0 + i % 3) for i in range(40)]
+    b = IpHash()
+    b.update(base)
+    members = apply_ops(b, ops, {t.id: t for t in base})
+    final = [Node(t.id, t.weight) for t in members.values()]
+    final = data.draw(st.permutations(final))
+    b.update(final)  # few differences: applied incrementally
+    rebuilt = IpHash()
+    rebuilt.update(list(reversed(final)))
+    assert len(b._ring) == len(rebuilt._ring)
+    flat = [x for bucket in b._ring.pos for x in bucket]
+    assert flat == [x for bucket in rebuilt._ring.pos for x in bucket]
+    assert all(b.pick(k).id == rebuilt.pick(k).id for k in RING_KEYS)
+    # The objects handed out are the ones from the latest update().
+    by_id = {t.id: t for t in final}
+    assert all(b.pick(k) is by_id[b.pick(k).id] for k in RING_KEYS[:100])
+    assert list(b._members) == [t.id for t in final]

@@ -1302,10 +1302,27 @@ class IpHash(_Incremental):
         self._owners: dict[str, _RingMember] = {}
 
     def update(self, targets: Sequence[Target]) -> None:
-        # Same result as clear + add each, but sorted once: far cheaper for
-        # thousands of backends.
+        # The ring depends only on the final set of (id, weight), so applying
+        # the difference gives exactly what clear + add each gives. The pool
+        # calls update() on every eligibility change with mostly the same
+        # set: then only the changed backends' points move. When much of the
+        # set changes, one sorted build is cheaper.
         targets = list(targets)
         _check_all(targets)
+        old = self._owners
+        new_ids = {t.id for t in targets}
+        gone = [tid for tid in old if tid not in new_ids]
+        fresh = [t for t in targets if t.id not in old]
+        if 4 * (len(gone) + len(fresh)) < len(old):
+            for tid in gone:
+                self._discard(tid)
+            for t in targets:
+                if t.id in old:
+                    self._reweigh(t, _check_weight(t))
+                else:
+                    self._insert(t, _check_weight(t))
+            self._members = {t.id: t for t in targets}
+            return
         points: list[int] = []
         owners: list[_RingMember] = []
         members: dict[str, _RingMember] = {}
