@@ -227,25 +227,6 @@ class Balancer(ABC):
             # setattr: mypy refuses assignment to a method.
             setattr(cls, "update", _recording_update(own))  # noqa: B010
 
-    # Incremental changes; this fallback rebuilds through update() (O(n)).
-    def _members(self) -> dict[str, Target]:
-        members: dict[str, Target] = self.__dict__.setdefault("_fallback_members", {})
-        return members
-
-    def add(self, target: Target) -> None:
-        self._members()[target.id] = target
-        self.update(list(self._members().values()))
-
-    def remove(self, target: Target) -> None:
-        del self._members()[target.id]
-        self.update(list(self._members().values()))
-
-    def reweight(self, target: Target) -> None:
-        self.update(list(self._members().values()))
-
-    def __len__(self) -> int:
-        return len(self._members())
-
     @abstractmethod
     def update(self, targets: Sequence[Target]) -> None:
         """Replace the eligible set: the same as removing every member, then adding each target."""

@@ -178,6 +178,7 @@ class WebSocketPool:
         self._terminating = False
         self._drained: dict[str, asyncio.Event] = {}
         self._validating: set[_Link] = set()  # links whose checkout ping is out
+        self._late_aborts: dict[_Link, asyncio.TimerHandle] = {}
         self._to_read: list[_Link] = []
         self._read_scheduled = False
         self._breaker_timers: dict[str, asyncio.TimerHandle] = {}
@@ -403,6 +404,9 @@ class WebSocketPool:
                     task.cancel()
             while self._tasks:
                 await asyncio.wait(set(self._tasks))
+            for link, handle in list(self._late_aborts.items()):
+                handle.cancel()
+                self._late_abort(link)
             await self._events.aclose()
         finally:
             if self._session is not None:
@@ -718,7 +722,15 @@ class WebSocketPool:
         link = slot.link
         link.on_closed = None
         if link.state is ConnectionState.CLOSED:
-            abort_ws(link.ws)  # ended by itself: make sure aiohttp let go of the socket
+            # Ended by itself: make sure aiohttp lets go of the socket. A close
+            # handshake the link started itself (1009 after an oversize message)
+            # gets its close_timeout first.
+            if link.ws.closed:
+                abort_ws(link.ws)
+            else:
+                self._late_aborts[link] = asyncio.get_running_loop().call_later(
+                    link.close_timeout, self._late_abort, link
+                )
             self._links.discard(link)
             self._core.closed(slot, link.close_code, link.close_reason, time.monotonic())
             return
@@ -726,6 +738,10 @@ class WebSocketPool:
             self._close_link(slot, code, reason), name=f"wsclient-close-{link.id}"
         )
         self._track(task)
+
+    def _late_abort(self, link: _Link) -> None:
+        self._late_aborts.pop(link, None)
+        abort_ws(link.ws)
 
     async def _close_link(self, slot: Slot[_Link], code: int | None, reason: str) -> None:
         link = slot.link
