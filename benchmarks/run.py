@@ -55,7 +55,7 @@ from pool_costs import fmt_table as pool_costs_table
 
 import wsclient
 from wsclient import WebSocketPool
-from wsclient import events as ev
+from wsclient import event_names as ev
 from wsclient.balancers import create_balancer
 from wsclient.errors import WSClientError
 
@@ -558,7 +558,7 @@ async def failover_trial(config: dict[str, Any], s: Settings) -> dict[str, Any]:
         events: list[tuple[float, str, str]] = []
 
         # Benchmark-only instrumentation of a private attribute: records every pick.
-        balancer = pool._balancer
+        balancer = pool._core._balancer
         original_pick = balancer.pick
 
         def recording_pick(key: str | None = None) -> Any:
