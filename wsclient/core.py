@@ -410,9 +410,13 @@ class PoolCore(Generic[L]):
         b = self.backends.get(backend_id)
         if b is None or b.removed:
             return
-        was_usable = b.usable
+        was_usable, was_ejected = b.usable, b.ejected
         self._declassify(b)
         self._classify(b, now)
+        if was_ejected and not b.ejected and b.retry_at > now:
+            # The ejection ended early (a probe answered): dial it again now,
+            # rather than after the rest of the backoff delay.
+            b.retry_at = now
         if b.usable and not was_usable and self.config.slow_start is not None:
             b.recovered_at = now
             self._ramping.add(b.id)
