@@ -23,6 +23,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check wsclient tests examples benchmarks
 	$(VENV)/bin/ruff format --check wsclient tests examples benchmarks
 	$(VENV)/bin/mypy wsclient tests examples benchmarks
+	$(VENV)/bin/lint-imports
 
 demo: $(STAMP)
 	$(PY) examples/demo.py

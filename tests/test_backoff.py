@@ -12,7 +12,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from wsclient.backoff import Backoff, default_should_retry, retry_async
+from wsclient.backoff import Backoff
+from wsclient.retry import default_should_retry, retry_async
 
 
 class FakeSleep:

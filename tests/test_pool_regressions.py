@@ -149,7 +149,7 @@ async def test_queueing_2000_acquires_does_not_stall_the_loop(
 async def test_release_from_another_thread_is_refused_without_damage(
     servers: list[BackendServer], make_pool: PoolFactory
 ) -> None:
-    """release() from a thread raises PoolMisuseError; the lease stays valid and idle reads go on."""
+    """release() from a thread raises PoolMisuseError; the lease stays valid, idle reads go on."""
     pool = await make_pool(servers[:1], min_connections=1, max_connections=1)
     conn = await pool.acquire()
     first = conn.id

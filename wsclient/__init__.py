@@ -10,6 +10,7 @@
 
 from wsclient.backend import BackendHealth
 from wsclient.balancers import Balancer, balancer_names, register_balancer
+from wsclient.codes import CloseCode, ConnectionState, describe_close_code
 from wsclient.config import (
     ApiKeyAuth,
     Backend,
@@ -21,15 +22,7 @@ from wsclient.config import (
     HeartbeatConfig,
     PoolConfig,
 )
-from wsclient.connection import (
-    CloseCode,
-    Connection,
-    ConnectionState,
-    Message,
-    MessageType,
-    connect,
-    describe_close_code,
-)
+from wsclient.connection import Connection, Message, MessageType, connect
 from wsclient.errors import (
     AcquireTimeoutError,
     ConnectError,

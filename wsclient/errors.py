@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from wsclient.codes import describe_close_code
 from wsclient.config import redact_text, redact_url
 
 
@@ -92,8 +93,6 @@ class ConnectionClosedError(WSClientError, ConnectionError):
     def __str__(self) -> str:
         if self.code is None:
             return "connection closed"
-        from wsclient.connection import describe_close_code
-
         text = f"connection closed with {self.code} ({describe_close_code(self.code)})"
         return f"{text}: {self.reason}" if self.reason else text
 

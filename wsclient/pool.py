@@ -29,16 +29,14 @@ from typing import Any
 from wsclient import event_names as ev
 from wsclient.backend import BackendHealth
 from wsclient.balancers import create_balancer
+from wsclient.codes import CloseCode, ConnectionState, check_close_code
 from wsclient.config import Backend, ConnectionOptions, PoolConfig, redact_url
 from wsclient.connection import (
     WS_CLOSED,
-    CloseCode,
     Connection,
-    ConnectionState,
     Message,
     _Link,
     abort_ws,
-    check_close_code,
     new_session,
     open_link,
 )
