@@ -70,7 +70,7 @@ from typing import Any, Final, Literal, Self, get_args
 
 import aiohttp
 
-from wsclient.testing import _child_env
+from wsclient.testing.process import _child_env
 
 __all__ = [
     "INTEROP_KINDS",
