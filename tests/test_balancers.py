@@ -672,7 +672,7 @@ def test_weighted_random_shares_after_changes() -> None:
 @given(ops=st.lists(st.tuples(st.booleans(), st.floats(0.01, 50.0)), max_size=300))
 def test_weight_tree_across_levels(ops: list[tuple[bool, float]]) -> None:
     """With a tiny fan-out the tree grows and shrinks through several levels and stays exact."""
-    from wsclient import balancers
+    from wsclient.balancers import weighted_set as balancers
 
     old = balancers._FANOUT
     balancers._FANOUT = 3
@@ -840,7 +840,7 @@ def test_ip_hash_incremental_equals_rebuilt(ops: list[tuple[str, int, float]]) -
 
 def test_ip_hash_ring_buckets_split_and_join(monkeypatch: pytest.MonkeyPatch) -> None:
     """The ring's buckets split as it grows and join as it shrinks; lookups never change."""
-    from wsclient import balancers
+    from wsclient.balancers import ip_hash as balancers
 
     monkeypatch.setattr(balancers, "_RING_BUCKET", 8)
     targets = [Node(f"ws-{i}", 2.0) for i in range(60)]  # 64 points each
@@ -870,7 +870,7 @@ def test_ip_hash_ring_buckets_split_and_join(monkeypatch: pytest.MonkeyPatch) ->
 
 def test_ip_hash_lookup_wraps_past_empty_buckets(monkeypatch: pytest.MonkeyPatch) -> None:
     """A probe past the last point of its bucket goes on to the next non-empty one, wrapping."""
-    from wsclient import balancers
+    from wsclient.balancers import ip_hash as balancers
 
     ring = balancers._Ring()
     members = [balancers._RingMember(Node(f"m{i}"), 1) for i in range(3)]
@@ -1071,7 +1071,7 @@ def test_repr_names_strategy_and_size() -> None:
 @pytest.fixture(params=["lanes", "tree"])
 def sampling(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     """Run a test with draws through the lanes (few weights) and through the tree."""
-    from wsclient import balancers
+    from wsclient.balancers import weighted_set as balancers
 
     if request.param == "tree":
         monkeypatch.setattr(balancers, "_MAX_SAMPLE_LANES", 0)
@@ -1236,7 +1236,7 @@ def test_round_robin_start_is_fixed_once_picking_began() -> None:
 )
 def test_bulk_update_builds_what_adds_build(weights: list[float], fanout: int) -> None:
     """update() builds the sum tree and lanes in one pass, identical to adding one by one."""
-    from wsclient import balancers
+    from wsclient.balancers import weighted_set as balancers
 
     old = balancers._FANOUT
     balancers._FANOUT = fanout
