@@ -17,6 +17,12 @@ never pays for a task). A lessee's first ``receive()`` takes that pending read
 over instead of cancelling it, so no message is lost and aiohttp's reader is
 never entered twice. Heartbeat pongs are counted by aiohttp at the protocol
 level, so they need no reader.
+
+Why this file is long: the link (aiohttp socket, idle reads, bounded close,
+abort), the handshake (redirect refusal, subprotocol check, error wording)
+and the ``Connection`` handle still share aiohttp's private state here. The
+transport issue puts a ``Transport`` protocol under ``Connection`` (aiohttp and
+picows behind it), which splits this module along those lines.
 """
 
 from __future__ import annotations
