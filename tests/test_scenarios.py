@@ -22,11 +22,7 @@ from typing import Any, Literal
 
 import pytest
 
-from wsclient import (
-    Backend,
-    WebSocketPool,
-    WSClientError,
-)
+from wsclient import Backend, WebSocketPool, WSClientError
 from wsclient.testing import BackendServer
 from wsclient.testing.interop import SHUTDOWN_CLOSE_CODES, InteropKind, InteropServer
 
@@ -265,13 +261,13 @@ def weight_shares(weights: Sequence[int], ids: Sequence[str] | None = None) -> d
 
 @dataclass
 class Fleet:
-    """Three backends and how to restart one of them gracefully / kill it."""
+    """Three backends and how to take one down gracefully, bring it back, or SIGKILL it."""
 
     urls: list[str]
     close_code: int
     graceful_down: Callable[[int], Awaitable[None]]
     bring_up: Callable[[int], Awaitable[None]]
-    kill: Callable[[int], Awaitable[None]]
+    kill: Callable[[int], Awaitable[None]] | None = None  # child processes only
 
 
 FleetKind = Literal["websockets", "uvicorn", "inproc-1001", "inproc-1012"]
@@ -315,11 +311,7 @@ async def fleet(kind: FleetKind) -> AsyncIterator[Fleet]:
             async def up_inproc(i: int) -> None:
                 await inproc[i].restore()
 
-            async def drop(i: int) -> None:
-                await inproc[i].refuse()
-                await inproc[i].drop_all()
-
-            yield Fleet([s.url for s in inproc], code, down_inproc, up_inproc, drop)
+            yield Fleet([s.url for s in inproc], code, down_inproc, up_inproc)
         finally:
             await asyncio.gather(*(s.stop() for s in inproc))
 
@@ -349,7 +341,7 @@ RESTART_TOLERANCE = 0.10
     raises=PoolDefect,
     reason=(
         "pool grows past pre-restart size + workers and stays there: measured 6 -> peak "
-        "12-14 (> 6+4) for websockets (1001), uvicorn (1012) and in-process 1001/1012, "
+        "12-16 (> 6+4) for websockets (1001), uvicorn (1012) and in-process 1001/1012, "
         "e.g. {'b0': 5, 'b1': 2, 'b2': 5} still 3 s after the restart (shares are fine)"
     ),
 )
@@ -395,7 +387,7 @@ async def test_rolling_restart_graceful_keeps_size_and_restores_share(
                 # Stand-ins retire once the restarted backend may be dialled again.
                 back = await until(lambda: pool.size <= pre + 1, max(0.0, up_at + 3.0 - _now()))
                 post_layout = layout(pool)
-                peak = monitor.max(since=warm_start)
+                peak = monitor.max()  # the whole scenario, start-up included
             finally:
                 await traffic.stop()
                 await monitor.stop()
@@ -437,6 +429,7 @@ async def test_sigkill_under_traffic_fails_over_and_recovers_share(kind: FleetKi
             try:
                 await traffic.served(200)
                 killed_at = _now()
+                assert f.kill is not None
                 await f.kill(1)
                 detected = await until(lambda: not pool.health_status()["b1"].eligible, 3.0)
                 status = pool.health_status()["b1"]
@@ -478,22 +471,13 @@ async def test_sigkill_under_traffic_fails_over_and_recovers_share(kind: FleetKi
 # connections: with 6 links, one link is 1/6 of the leases. ±6 % absolute around a third
 # accepts 2 links of 6 (with some jitter in how often each is reused) and rejects 1 or 3.
 CAPACITY_TOLERANCE = 0.06
+# Whether the shares converge depends on the interleaving of releases, closes and opens
+# at the moment of the change, so each scenario runs on several fresh pools and every
+# one must converge (a stop at the first that does not).
+TRIALS = 4
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=PoolDefect,
-    reason=(
-        "after add_backend at max_connections=6 with 6 workers the acquires queue behind "
-        "the new backend's single link while 5 idle links of b0/b1 sit unused (waiting=5, "
-        "idle=5): b2 gets 100 % of ~530 leases/s for 3 s, b0/b1 0 %"
-    ),
-)
-@pytest.mark.parametrize("strategy", ["round-robin", "weighted-round-robin"])
-async def test_scale_out_at_capacity_gives_the_new_backend_its_share(
-    servers: list[BackendServer], strategy: str
-) -> None:
-    """At max_connections, an added backend reaches its share within 3 s; size never > max."""
+async def _scale_out_trial(servers: list[BackendServer], strategy: str) -> tuple[bool, str]:
     pool = make_pool(
         [s.url for s in servers[:2]],
         (1, 1),
@@ -515,37 +499,45 @@ async def test_scale_out_at_capacity_gives_the_new_backend_its_share(
             converged, last, last_n = await traffic.wait_for_shares(
                 weight_shares((1, 1, 1)), CAPACITY_TOLERANCE, since=added_at, within=3.0
             )
-            after = layout(pool)
+            after = (layout(pool), pool.waiting_count, pool.idle_count)
         finally:
             await traffic.stop()
             await monitor.stop()
     report = (
         f"{strategy}: at capacity after {secs(full)} {before}; b2 added: share within "
         f"±{CAPACITY_TOLERANCE:.0%} of 33% in {secs(converged)} ({fmt(last)} of {last_n}), "
-        f"links {after}; peak size {monitor.max()}; errors {len(traffic.errors)}; leases "
-        f"per 0.25 s: {timeline(traffic, added_at)}"
+        f"links {after[0]}, waiting {after[1]}, idle {after[2]}; peak size {monitor.max()}; "
+        f"errors {len(traffic.errors)}; leases per 0.25 s: {timeline(traffic, added_at)}"
     )
     print("\n" + report)
     assert full is not None, report
     assert monitor.max() <= 6, report
     assert traffic.errors == [], report
-    if converged is None:
-        raise PoolDefect(report)
+    return converged is not None, report
 
 
 @pytest.mark.xfail(
     strict=True,
     raises=PoolDefect,
     reason=(
-        "once b2 is healthy again at max_connections=6 the acquires queue behind b2's one "
-        "new link while b0/b1's idle links sit unused: b2 serves 100 % of ~260 leases/s "
-        "for 3 s instead of 33 %"
+        "after add_backend at max_connections=6 with 6 workers, acquires queue (FIFO) "
+        "behind the new backend's link while 4-5 idle links of b0/b1 sit unused "
+        "(waiting=4, idle=4 at the end): b2 serves 50-100 % of ~260 leases/s for 3 s, "
+        "b0 and/or b1 0 % (in ~3 of 4 fresh pools for round-robin, ~9 of 10 for weighted)"
     ),
 )
-async def test_backend_recovering_at_capacity_gets_its_share_back(
-    servers: list[BackendServer],
+@pytest.mark.parametrize("strategy", ["round-robin", "weighted-round-robin"])
+async def test_scale_out_at_capacity_gives_the_new_backend_its_share(
+    servers: list[BackendServer], strategy: str
 ) -> None:
-    """At max_connections, a backend healthy again (/health 503 -> 200) is back in 3 s."""
+    """At max_connections, an added backend reaches its share within 3 s; size never > max."""
+    for _ in range(TRIALS):
+        converged, report = await _scale_out_trial(servers, strategy)
+        if not converged:
+            raise PoolDefect(report)
+
+
+async def _recovery_trial(servers: list[BackendServer]) -> tuple[bool, str]:
     pool = make_pool([s.url for s in servers], (1, 1, 1), min_connections=3, max_connections=6)
     events = Events(pool, "backend-unhealthy", "backend-healthy")
     async with pool:
@@ -566,7 +558,7 @@ async def test_backend_recovering_at_capacity_gets_its_share_back(
             converged, last, last_n = await traffic.wait_for_shares(
                 weight_shares((1, 1, 1)), CAPACITY_TOLERANCE, since=back_at, within=3.0
             )
-            after = layout(pool)
+            after = (layout(pool), pool.waiting_count, pool.idle_count)
         finally:
             await traffic.stop()
             await monitor.stop()
@@ -574,15 +566,34 @@ async def test_backend_recovering_at_capacity_gets_its_share_back(
         f"recovery at capacity: full in {secs(full)}, b2 unhealthy in {secs(out)}, its links "
         f"gone in {secs(emptied)} {during}; healthy again in {secs(healthy)}; share within "
         f"±{CAPACITY_TOLERANCE:.0%} of 33% in {secs(converged)} ({fmt(last)} of {last_n}), "
-        f"links {after}; peak size {monitor.max()}; errors {len(traffic.errors)}; leases "
-        f"per 0.25 s: {timeline(traffic, back_at)}"
+        f"links {after[0]}, waiting {after[1]}, idle {after[2]}; peak size {monitor.max()}; "
+        f"errors {len(traffic.errors)}; leases per 0.25 s: {timeline(traffic, back_at)}"
     )
     print("\n" + report)
     assert full is not None and out is not None and emptied is not None, report
     assert healthy is not None, report
     assert monitor.max() <= 6, report
-    if converged is None:
-        raise PoolDefect(report)
+    assert traffic.errors == [], report
+    return converged is not None, report
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=PoolDefect,
+    reason=(
+        "once b2 is healthy again at max_connections=6, acquires queue (FIFO) behind b2's "
+        "new link while the idle links of b0/b1 sit unused: b2 serves 100 % of ~260-540 "
+        "leases/s for 3 s instead of 33 %"
+    ),
+)
+async def test_backend_recovering_at_capacity_gets_its_share_back(
+    servers: list[BackendServer],
+) -> None:
+    """At max_connections, a backend healthy again (/health 503 -> 200) is back in 3 s."""
+    for _ in range(TRIALS):
+        converged, report = await _recovery_trial(servers)
+        if not converged:
+            raise PoolDefect(report)
 
 
 # ----------------------------------------------------------------------------- 4. and 5. shares
