@@ -458,10 +458,10 @@ async def test_sigkill_under_traffic_fails_over_and_recovers_share(kind: FleetKi
     assert not status.healthy or status.ejected or status.breaker == "open", report
     assert out_counts["b1"] == 0 and out_counts["b0"] > 50 and out_counts["b2"] > 50, report
     # Only the leases in flight at the kill (and acquires that raced its detection)
-    # fail, each within its timeout; none once b1 is known to be down.
+    # fail, each within its timeout, and all of them right at the kill: none later on.
     assert len(errors) <= 2 * WORKERS, report
     assert all(e[2] <= OP_TIMEOUT + 0.5 for e in errors), report
-    assert all(e[0] <= out_from for e in errors), report
+    assert all(e[0] - killed_at <= 0.5 for e in errors), report
     assert converged is not None, report
 
 
