@@ -473,8 +473,13 @@ async def test_sigkill_under_traffic_fails_over_and_recovers_share(kind: FleetKi
 CAPACITY_TOLERANCE = 0.06
 # Whether the shares converge depends on the interleaving of releases, closes and opens
 # at the moment of the change, so each scenario runs on several fresh pools and every
-# one must converge (a stop at the first that does not).
-TRIALS = 4
+# one must converge (it stops at the first that does not). Round-robin scale-out got
+# stuck in about half the pools, so 8 trials leave a broken pool ~0.4 % chance to pass.
+SCALE_OUT_TRIALS = 8
+RECOVERY_TRIALS = 3
+# At capacity the allotment is exact once it has converged (FIFO hand-overs on whole
+# links), so half a second of leases (~500) is a window long enough.
+CAPACITY_WINDOW = 0.5
 
 
 async def _scale_out_trial(servers: list[BackendServer], strategy: str) -> tuple[bool, str]:
@@ -497,7 +502,11 @@ async def _scale_out_trial(servers: list[BackendServer], strategy: str) -> tuple
             pool.add_backend(Backend(id="b2", url=servers[2].url))
             added_at = _now()
             converged, last, last_n = await traffic.wait_for_shares(
-                weight_shares((1, 1, 1)), CAPACITY_TOLERANCE, since=added_at, within=3.0
+                weight_shares((1, 1, 1)),
+                CAPACITY_TOLERANCE,
+                since=added_at,
+                within=3.0,
+                window=CAPACITY_WINDOW,
             )
             after = (layout(pool), pool.waiting_count, pool.idle_count)
         finally:
@@ -523,7 +532,7 @@ async def _scale_out_trial(servers: list[BackendServer], strategy: str) -> tuple
         "after add_backend at max_connections=6 with 6 workers, acquires queue (FIFO) "
         "behind the new backend's link while 4-5 idle links of b0/b1 sit unused "
         "(waiting=4, idle=4 at the end): b2 serves 50-100 % of ~260 leases/s for 3 s, "
-        "b0 and/or b1 0 % (in ~3 of 4 fresh pools for round-robin, ~9 of 10 for weighted)"
+        "b0 and/or b1 0 % (in about half the fresh pools for round-robin, nearly all for weighted)"
     ),
 )
 @pytest.mark.parametrize("strategy", ["round-robin", "weighted-round-robin"])
@@ -531,7 +540,7 @@ async def test_scale_out_at_capacity_gives_the_new_backend_its_share(
     servers: list[BackendServer], strategy: str
 ) -> None:
     """At max_connections, an added backend reaches its share within 3 s; size never > max."""
-    for _ in range(TRIALS):
+    for _ in range(SCALE_OUT_TRIALS):
         converged, report = await _scale_out_trial(servers, strategy)
         if not converged:
             raise PoolDefect(report)
@@ -556,7 +565,11 @@ async def _recovery_trial(servers: list[BackendServer]) -> tuple[bool, str]:
             healthy = await until(lambda: bool(events.of("backend-healthy", "b2")), 3.0)
             back_at = _now()
             converged, last, last_n = await traffic.wait_for_shares(
-                weight_shares((1, 1, 1)), CAPACITY_TOLERANCE, since=back_at, within=3.0
+                weight_shares((1, 1, 1)),
+                CAPACITY_TOLERANCE,
+                since=back_at,
+                within=3.0,
+                window=CAPACITY_WINDOW,
             )
             after = (layout(pool), pool.waiting_count, pool.idle_count)
         finally:
@@ -590,7 +603,7 @@ async def test_backend_recovering_at_capacity_gets_its_share_back(
     servers: list[BackendServer],
 ) -> None:
     """At max_connections, a backend healthy again (/health 503 -> 200) is back in 3 s."""
-    for _ in range(TRIALS):
+    for _ in range(RECOVERY_TRIALS):
         converged, report = await _recovery_trial(servers)
         if not converged:
             raise PoolDefect(report)
