@@ -202,13 +202,16 @@ class Waiter:
 class Ticket:
     """One connect attempt in flight; ``waiter`` is who it was started for (may change)."""
 
-    __slots__ = ("backend", "stand_in_for", "trial", "waiter")
+    __slots__ = ("backend", "for_demand", "stand_in_for", "trial", "waiter")
 
     def __init__(self, backend: CoreBackend, waiter: Waiter | None, trial: bool) -> None:
         self.backend = backend
         self.waiter = waiter
         self.trial = trial
         self.stand_in_for: CoreBackend | None = None
+        # Started for an acquire (not the warm set, not moved capacity): if that
+        # acquire was served otherwise meanwhile, the link may not be needed.
+        self.for_demand = waiter is not None
 
 
 @dataclass(slots=True, frozen=True)
@@ -306,6 +309,9 @@ class PoolCore(Generic[L]):
         self._ramping: set[str] = set()
         self._holders: dict[str, CoreBackend] = {}  # backends that may hold idle links
         self._last_pick: CoreBackend | None = None  # take() missed: acquire() uses its pick
+        # Backends waiting out a reconnect delay: what opens elsewhere meanwhile
+        # stands in for them and is retired once they may be dialled again.
+        self._degraded: dict[str, CoreBackend] = {}
         self._idle_timeout = config.idle_timeout
         self._draining: set[CoreBackend] = set()  # removed, replaced under the same id
         self.due = math.inf  # earliest deadline tick() must see; the shell wakes for it
@@ -424,6 +430,7 @@ class PoolCore(Generic[L]):
             # The ejection ended early (a probe answered): dial it again now,
             # rather than after the rest of the backoff delay.
             b.retry_at = now
+            self.due = now
         if b.usable and not was_usable and self.config.slow_start is not None:
             b.recovered_at = now
             self._ramping.add(b.id)
@@ -578,10 +585,13 @@ class PoolCore(Generic[L]):
         False: nothing was done; call ``release`` (waiters, stand-ins, expiry...).
         """
         b = slot.backend
+        total = self._rotation_weight
         if (
             self.waiting
             or self._room_wanted
             or slot.stand_in_for is not None
+            or total <= 0
+            or b.held >= (self.size + self.opening) * b.weight / total + 1
             or not self.running
             or not b.usable
             or b.removed
@@ -633,16 +643,25 @@ class PoolCore(Generic[L]):
                 self._room_wanted.append(w)
             return w
         if self.capacity() > 0:
-            if not b.may_open(now):
-                # Backing off (a restart, say): serve its share from idle links
-                # elsewhere, and open a stand-in only if none is idle.
+            if not b.may_open(now) or not self._under_share(b):
+                # Backing off (a restart, say), or already holding its share of
+                # the pool: borrow an idle link elsewhere rather than grow the
+                # pool; open (a stand-in, if backing off) only if none is idle.
                 slot = self._take_any_idle(now)
                 if slot is not None:
                     self._lease(slot)
                     return slot
             return self._queue(key, None, b, now)
-        if self._under_target(b) and b.may_open(now) and self._make_room(b, now):
-            return self._queue(key, None, None, now, open_now=False)
+        if self._under_target(b) and b.may_open(now):
+            # Capacity moves to the under-share pick; this acquire does not wait
+            # for it if another backend has an idle link right now.
+            made_room = self._make_room(b, now)
+            slot = self._take_any_idle(now)
+            if slot is not None:
+                self._lease(slot)
+                return slot
+            if made_room:
+                return self._queue(key, None, None, now, open_now=False)
         slot = self._take_any_idle(now)
         if slot is not None:
             self._lease(slot)
@@ -765,7 +784,9 @@ class PoolCore(Generic[L]):
                 return
             ticket = self._start_open(b, w)
             if ticket is not None:
-                ticket.stand_in_for = stand_in_for if stand_in_for is not b else None
+                if stand_in_for is b or stand_in_for is None:
+                    stand_in_for = self._degraded_other(b, now) if self._degraded else None
+                ticket.stand_in_for = stand_in_for
                 return
             w.tried.add(b.id)  # half-open with no trial slot left: try elsewhere
 
@@ -796,6 +817,15 @@ class PoolCore(Generic[L]):
         # A backend backing off is dialled only if nothing else can be.
         ready = [b for b in candidates if b.may_open(now)] or candidates
         return max(ready, key=lambda b: b.weight / (1 + b.held)), stand_in_for
+
+    def _degraded_other(self, b: CoreBackend, now: float) -> CoreBackend | None:
+        """A backend other than ``b`` still waiting out its reconnect delay, if any."""
+        for backend_id, d in list(self._degraded.items()):
+            if d.removed or d.retry_at <= now:
+                del self._degraded[backend_id]
+            elif d is not b:
+                return d
+        return None
 
     def _start_open(self, b: CoreBackend, w: Waiter | None) -> Ticket | None:
         record = self._store.record(b.id)
@@ -834,6 +864,16 @@ class PoolCore(Generic[L]):
         self._emit(ev.CONNECTION_OPEN, b.id, slot)
         if not self.running or b.removed:
             self._retire(slot, 1001, "pool closing" if not self.running else "backend removed")
+        elif (
+            opener is None
+            and ticket.for_demand
+            and self._oldest_accepting(b) is None
+            and self.size + self.opening > self.min
+            and any(o is not b and o.in_rotation for o in self._idle_holders())
+        ):
+            # The acquire this was opened for got a released link instead, and
+            # the pool has idle links to spare: growing would not serve anyone.
+            self._retire(slot, 1000, "not needed")
         else:
             self._offer(slot, opener, now)
         if opener is not None and not opener.done and opener.ticket is None:
@@ -898,6 +938,9 @@ class PoolCore(Generic[L]):
         stand_in_for = slot.stand_in_for
         if stand_in_for is not None and stand_in_for.in_rotation and stand_in_for.may_open(now):
             self._retire(slot, 1000, "stand-in no longer needed")
+            return
+        if self._surplus(b):
+            self._retire(slot, 1000, "surplus")
             return
         while self._room_wanted:
             pinned = self._room_wanted[0]
@@ -965,6 +1008,28 @@ class PoolCore(Generic[L]):
             self._check_drained(b)
 
     # ------------------------------------------------------------------ capacity allotment
+
+    def _under_share(self, b: CoreBackend) -> bool:
+        """Would one more connection on ``b`` still leave it within its share of the pool?"""
+        total = self._rotation_weight
+        if not b.in_rotation or total <= 0:
+            return False
+        # Every backend may hold one link whatever its share, so a single
+        # sequential client still spreads its leases by weight.
+        return b.held == 0 or b.held + 1 <= (self.size + self.opening + 1) * b.weight / total
+
+    def _over_share(self, b: CoreBackend) -> bool:
+        total = self._rotation_weight
+        if not b.in_rotation or total <= 0:
+            return False
+        return b.held >= (self.size + self.opening) * b.weight / total + 1
+
+    def _surplus(self, b: CoreBackend) -> bool:
+        """A free link of ``b`` the pool can do without: above min, over its share,
+        while another backend in rotation has an idle link to serve its picks."""
+        if self.size + self.opening <= self.min or not self._over_share(b):
+            return False
+        return any(o is not b and o.in_rotation for o in self._idle_holders())
 
     def _over_target(self, b: CoreBackend) -> bool:
         return b.held >= self.target(b) + 1 or not b.in_rotation
@@ -1071,8 +1136,14 @@ class PoolCore(Generic[L]):
                     gap == best_gap and best and b.base_weight > best.base_weight
                 ):
                     best, best_gap = b, gap
-            if best is None or self._start_open(best, None) is None:
+            if best is None:
                 return
+            ticket = self._start_open(best, None)
+            if ticket is None:
+                return
+            if self._degraded:
+                # The warm set covering for a backend in its reconnect delay.
+                ticket.stand_in_for = self._degraded_other(best, now)
 
     # ------------------------------------------------------------------ closing
 
@@ -1164,6 +1235,7 @@ class PoolCore(Generic[L]):
             return
         b.retry_at = now + b.backoff.next_delay(extra_steps=extra_steps)
         heapq.heappush(self._retry_heap, (b.retry_at, b.id))
+        self._degraded[b.id] = b
         if b.retry_at < self.due:
             self.due = b.retry_at
 

@@ -31,7 +31,7 @@ import threading
 import time
 import warnings
 from collections.abc import Callable, Coroutine, Generator, Iterable, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 from wsclient import event_names as ev
 from wsclient.backend import BackendHealth
@@ -130,6 +130,13 @@ class _AcquireContext(Coroutine[Any, Any, Connection]):
         if conn is not None and not conn.released:
             self._pool.release(conn)
         return _READY
+
+
+class _Early(NamedTuple):
+    """A waiter's outcome decided before its acquire got to await it."""
+
+    slot: Slot[_Link] | None
+    error: BaseException | None
 
 
 class _Ready:
@@ -246,7 +253,9 @@ class WebSocketPool:
             self._start_close(effect.slot, effect.code, effect.reason)
         elif type(effect) is Fail:
             future = effect.waiter.handle
-            if future is not None and not future.done():
+            if future is None:
+                effect.waiter.handle = _Early(None, effect.error)  # before _wait() made one
+            elif not future.done():
                 future.set_exception(effect.error)
         elif type(effect) is Emit:
             self._queue_event(effect)
@@ -551,10 +560,14 @@ class WebSocketPool:
         self, waiter: Waiter, limit: float | None, deadline: float | None
     ) -> Slot[_Link]:
         assert self._loop is not None
+        early = waiter.handle
+        if isinstance(early, _Early):  # handed or failed in the acquire's own step
+            if early.error is not None:
+                raise early.error
+            assert early.slot is not None
+            return early.slot
         future: asyncio.Future[Slot[_Link]] = self._loop.create_future()
         waiter.handle = future
-        if waiter.done:  # failed while queueing (no backend left, say)
-            self._run()
         try:
             if deadline is None:
                 return await future
@@ -613,7 +626,10 @@ class WebSocketPool:
 
     def _hand(self, waiter: Waiter, slot: Slot[_Link]) -> None:
         future = waiter.handle
-        if future is None or future.done():
+        if future is None:
+            waiter.handle = _Early(slot, None)  # decided in the acquire's own step
+            return
+        if future.done():
             # The acquirer gave up in the same instant: the link goes straight back.
             self._core.release(slot, True, time.monotonic())
             return
