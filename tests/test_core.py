@@ -12,7 +12,7 @@ already gave up goes straight back (``release(slot, True)``).
 from __future__ import annotations
 
 import random
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -645,3 +645,159 @@ TestCoreRoundRobin = _machine_case("round-robin")
 TestCoreLeastConnections = _machine_case("least-connections")
 TestCoreIpHash = _machine_case("ip-hash")
 TestCoreRandom = _machine_case("random")
+
+
+# ---------------------------------------------------------------------- shares under steady demand
+
+
+class SteadyShell:
+    """A shell whose connect attempts and closes finish at once, with a fixed set of
+    acquirers: each hands its lease back as soon as it gets one, then acquires again."""
+
+    def __init__(
+        self,
+        weights: dict[str, int],
+        *,
+        max_connections: int,
+        strategy: str = "weighted-round-robin",
+    ) -> None:
+        self.clock = FakeClock()
+        config = make_config(strategy, max_connections, 0)
+        self.core, self.store = make_core(config, self.clock, seed=7)
+        self.leases: deque[Slot[Link]] = deque()  # oldest lease first
+        self.waiting: set[int] = set()
+        self.handouts: Counter[str] = Counter()
+        for backend_id, weight in weights.items():
+            self.core.add_backend(backend_id, weight, self.clock.now)
+        self.core.start(self.clock.now)
+        self.run()
+
+    def run(self) -> None:
+        core = self.core
+        while core.effects:
+            effects, core.effects = core.effects, []
+            for effect in effects:
+                if isinstance(effect, Open):
+                    core.opened(effect.ticket, Link(effect.ticket.backend.id), self.clock.now)
+                elif isinstance(effect, Close):
+                    core.closed(effect.slot, effect.code, effect.reason, self.clock.now)
+                elif isinstance(effect, Hand):
+                    self.waiting.remove(id(effect.waiter))
+                    self._leased(effect.slot)
+                elif isinstance(effect, Fail):
+                    raise AssertionError(f"an acquire failed: {effect.error!r}")
+
+    def _leased(self, slot: Slot[Link]) -> None:
+        self.leases.append(slot)
+        self.handouts[slot.backend.id] += 1
+
+    def acquire(self) -> None:
+        result = self.core.acquire(None, None, self.clock.now)
+        if isinstance(result, Slot):
+            self._leased(result)
+        else:
+            self.waiting.add(id(result))
+        self.run()
+
+    def rounds(self, n: int) -> Counter[str]:
+        """``n`` releases, each followed by that acquirer's next acquire; hand-outs counted."""
+        self.handouts.clear()
+        for _ in range(n):
+            self.core.release(self.leases.popleft(), True, self.clock.now)
+            self.run()
+            self.acquire()
+            self.core.check_invariants()
+            assert self.core.size + self.core.opening + self.core.closing <= self.core.max
+        return self.handouts
+
+    def connections(self) -> dict[str, int]:
+        return {bid: b.open_links for bid, b in self.core.backends.items()}
+
+
+def assert_shares(counts: Counter[str], weights: dict[str, int], tolerance: float = 0.06) -> None:
+    total = sum(counts.values())
+    assert total
+    weight_total = sum(weights.values())
+    for backend_id, weight in weights.items():
+        share, expected = counts[backend_id] / total, weight / weight_total
+        assert abs(share - expected) <= tolerance, (backend_id, share, expected, dict(counts))
+
+
+def steady(weights: dict[str, int], acquirers: int = 20, max_connections: int = 12) -> SteadyShell:
+    shell = SteadyShell(weights, max_connections=max_connections)
+    for _ in range(acquirers):
+        shell.acquire()
+    assert shell.core.size == max_connections and shell.core.waiting == acquirers - max_connections
+    return shell
+
+
+def test_shares_hold_at_capacity_with_waiters() -> None:
+    """At max_connections with acquires waiting, hand-outs follow weights 2:1:1 (±6 %)."""
+    weights = {"a": 2, "b": 1, "c": 1}
+    shell = steady(weights)
+    shell.rounds(200)  # converge
+    assert_shares(shell.rounds(1200), weights)
+    assert shell.connections() == {"a": 6, "b": 3, "c": 3}
+
+
+def test_shares_hold_after_a_backend_is_added_at_capacity() -> None:
+    """A backend added while the pool is full gets its share of connections and hand-outs."""
+    shell = steady({"a": 2, "b": 1})
+    shell.rounds(100)
+    shell.core.add_backend("c", 1, shell.clock.now)
+    shell.run()
+    shell.rounds(300)  # converge
+    weights = {"a": 2, "b": 1, "c": 1}
+    assert_shares(shell.rounds(1200), weights)
+    assert shell.connections() == {"a": 6, "b": 3, "c": 3}
+
+
+def test_shares_hold_after_a_backend_recovers() -> None:
+    """A backend that was unhealthy and recovers (health flip) gets its share back."""
+    weights = {"a": 2, "b": 1, "c": 1}
+    shell = steady(weights)
+    shell.rounds(100)
+    shell.store.probe_result("c", False, None, "probe failed", conclusive=True)
+    shell.core.refresh("c", shell.clock.now)
+    shell.run()
+    assert not shell.core.backends["c"].in_rotation
+    down = shell.rounds(300)
+    assert down["c"] == 0  # never handed out while unhealthy
+    assert_shares(shell.rounds(600), {"a": 2, "b": 1, "c": 0})
+    shell.store.probe_result("c", True, 1.0, None)
+    shell.core.refresh("c", shell.clock.now)
+    shell.run()
+    assert shell.core.backends["c"].in_rotation
+    shell.rounds(300)  # converge
+    assert_shares(shell.rounds(1200), weights)
+    assert shell.connections() == {"a": 6, "b": 3, "c": 3}
+
+
+def test_added_backend_retires_an_over_target_idle_link_at_capacity() -> None:
+    """At capacity with idle links only, an added backend's picks make room and get links."""
+    shell = SteadyShell({"a": 1, "b": 1}, max_connections=4)
+
+    def batch(n: int) -> None:
+        for _ in range(n):
+            shell.acquire()
+        assert not shell.waiting  # each pick found an idle link or made room at once
+        while shell.leases:
+            shell.core.release(shell.leases.popleft(), True, shell.clock.now)
+            shell.run()
+        shell.core.check_invariants()
+        assert shell.core.size + shell.core.opening + shell.core.closing <= 4
+
+    batch(4)
+    assert shell.core.idle_total == 4 and shell.core.capacity() == 0
+    assert shell.connections() == {"a": 2, "b": 2}
+    shell.core.add_backend("c", 2, shell.clock.now)
+    shell.run()
+    shell.handouts.clear()
+    batch(1)
+    batch(1)  # one lease at a time: c's first pick retires an idle link of a or b
+    assert shell.connections()["c"] == 1 and shell.core.stats["closed"] == 1
+    for _ in range(10):
+        batch(4)  # four at once: c's second pick has no idle link and makes room again
+    assert shell.connections() == {"a": 1, "b": 1, "c": 2}
+    assert shell.core.stats["closed"] == 2  # only the two over-target links moved
+    assert_shares(shell.handouts, {"a": 1, "b": 1, "c": 2})
