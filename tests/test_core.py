@@ -625,10 +625,14 @@ class PoolCoreMachine(RuleBasedStateMachine):
             assert self.core.idle_total == 0
 
 
+MACHINES: dict[str, type[PoolCoreMachine]] = {}
+
+
 def _machine_case(strategy: str) -> type[Any]:
     machine = type(
         f"PoolCoreMachine_{strategy.replace('-', '_')}", (PoolCoreMachine,), {"strategy": strategy}
     )
+    MACHINES[strategy] = machine
     case: type[Any] = machine.TestCase  # type: ignore[attr-defined]
     case.__doc__ = f"The PoolCore state machine under {strategy}: every invariant after every step."
     case.settings = settings(
@@ -647,6 +651,43 @@ TestCoreRoundRobin = _machine_case("round-robin")
 TestCoreLeastConnections = _machine_case("least-connections")
 TestCoreIpHash = _machine_case("ip-hash")
 TestCoreRandom = _machine_case("random")
+
+
+def check_all(machine: PoolCoreMachine) -> None:
+    machine.accounting_is_consistent()
+    machine.every_lease_has_one_holder()
+    machine.waiting_matches_live_waiters()
+    machine.no_waiter_is_stranded()
+    machine.nothing_left_after_stop()
+
+
+def test_regression_waiter_queued_behind_others_gets_an_idle_link() -> None:
+    """Found by the machine: a waiter queued behind one that was served by its own open
+    was left waiting at capacity while three links sat idle on another backend."""
+    m = MACHINES["least-connections"]()
+    m.setup(
+        max_connections=4,
+        min_connections=3,
+        weights=[1],
+        idle_timeout=None,
+        max_lifetime=None,
+        slow_start=None,
+        panic_threshold=None,
+        failure_threshold=1,
+        start_now=1,
+    )
+    m.open_succeeds(index=0)
+    m.add_backend(reuse=False, weight=1)
+    m.open_succeeds(index=0)
+    m.open_succeeds(index=0)  # b1: three idle links; b2 none
+    m.acquire(how="plain", index=0, key=None)  # picks b2: opens there (the last room)
+    m.acquire(how="plain", index=0, key=None)  # queues behind it, at capacity
+    assert m.core.waiting == 2 and m.core.capacity() == 0
+    m.open_succeeds(index=0)  # b2's link goes to the first waiter
+    check_all(m)
+    assert m.core.waiting == 0 and len(m.held) == 2
+    assert [s.backend.id for s in m.held] == ["b2", "b1"]
+    m.teardown()
 
 
 # ---------------------------------------------------------------------- shares under steady demand

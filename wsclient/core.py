@@ -965,6 +965,26 @@ class PoolCore(Generic[L]):
                 break  # nothing can be dialled for it now
         if self.capacity() > 0 and self.running:
             self._refill(now)
+        else:
+            self._serve_from_idle(now)
+
+    def _serve_from_idle(self, now: float) -> None:
+        """At capacity nothing can be opened: idle links in rotation go to the waiters
+        that accept them (one that queued behind others while links sat idle, say)."""
+        if not (self.waiting and self.idle_total and self.running):
+            return
+        for b in self._idle_holders():
+            while b.idle and b.in_rotation and self.capacity() <= 0:
+                w = self._oldest_accepting(b)
+                if w is None:
+                    break
+                slot = self._take_idle(b, now)
+                if slot is None:
+                    break
+                slot.state = SlotState.LEASED
+                b.active += 1
+                self.leased_total += 1
+                self._hand(w, slot, None)
 
     def _next_needing_open(self, b: CoreBackend | None) -> Waiter | None:
         heap = self._need_open
