@@ -238,7 +238,7 @@ class PoolCoreMachine(RuleBasedStateMachine):
         if isinstance(effect, Open):
             ticket = effect.ticket
             assert self.running, f"{ticket.backend.id}: a connect attempt started after stop"
-            assert not ticket.backend.removed, "a connect attempt on a removed backend"
+            assert core.serviceable(ticket.backend), f"a connect attempt on {ticket.backend}"
             assert all(t is not ticket for t in self.pending_opens)
             self.pending_opens.append(ticket)
         elif isinstance(effect, Close):
@@ -278,6 +278,7 @@ class PoolCoreMachine(RuleBasedStateMachine):
         assert slot not in self.held, "handed out a link that is still leased"
         assert info.accepts(slot.backend), "a pinned waiter got another backend's link"
         self._check_fifo(slot.backend, info.arrival)
+        self._check_usable(slot)
         self.stats.hands[slot.backend.id] += 1
         if info.state == "abandoned":
             # pool._hand: the acquirer gave up in the same instant; the link goes back.
@@ -287,6 +288,13 @@ class PoolCoreMachine(RuleBasedStateMachine):
             return
         info.state = "handed"
         self.held[slot] = info
+
+    def _check_usable(self, slot: Slot[Link]) -> None:
+        """What is handed out is open, current, not expired, and not on a removed backend."""
+        assert slot.link.ok, "handed out a broken link"
+        assert not slot.backend.removed, "handed out a link of a removed backend"
+        assert slot.generation == self.core.generation, "handed out a stale link"
+        assert slot.expires_at is None or self.clock.now < slot.expires_at, "an expired link"
 
     def _check_fifo(self, b: CoreBackend, arrival: int) -> None:
         older = [w for w in self.waiters if w.live and w.arrival < arrival and w.accepts(b)]
@@ -323,6 +331,7 @@ class PoolCoreMachine(RuleBasedStateMachine):
             assert result not in self.held, "leased a link that is already leased"
             assert pinned_b is None or result.backend is pinned_b
             self._check_fifo(result.backend, self.arrivals)
+            self._check_usable(result)
             self.held[result] = None
             self.stats.hands[result.backend.id] += 1
             self._run()
@@ -687,6 +696,35 @@ def test_regression_waiter_queued_behind_others_gets_an_idle_link() -> None:
     check_all(m)
     assert m.core.waiting == 0 and len(m.held) == 2
     assert [s.backend.id for s in m.held] == ["b2", "b1"]
+    m.teardown()
+
+
+def test_regression_no_hand_over_inside_the_acquire_that_queued() -> None:
+    """Found by the machine against a first version of the fix above: a close completing
+    inside acquire's own step handed its waiter a link before the shell had its future."""
+    m = MACHINES["weighted-round-robin"]()
+    m.setup(
+        max_connections=2,
+        min_connections=1,
+        weights=[1, 2],
+        idle_timeout=None,
+        max_lifetime=None,
+        slow_start=None,
+        panic_threshold=None,
+        failure_threshold=1,
+        start_now=1,
+    )
+    m.acquire(how="plain", index=0, key=None)
+    m.remove_backend(index=0)
+    m.add_backend(reuse=False, weight=1)
+    m.waiter_gives_up(how="at once", index=0)
+    m.open_succeeds(index=0)
+    m.open_succeeds(index=0)
+    m.idle_link_event(how="dies silently", index=0)
+    m.set_weight(index=0, weight=1)
+    m.acquire(how="plain", index=0, key=None)  # the machine asserts: no Hand to it here
+    check_all(m)
+    assert m.core.waiting + len(m.held) == 1
     m.teardown()
 
 

@@ -472,6 +472,7 @@ class PoolCore(Generic[L]):
                 self._fail(w, error)
         if self.running:
             self._use_capacity(now)
+            self._serve_from_idle(now)
 
     def _place(self, b: CoreBackend) -> None:
         want = self._wants_rotation(b)
@@ -965,12 +966,14 @@ class PoolCore(Generic[L]):
                 break  # nothing can be dialled for it now
         if self.capacity() > 0 and self.running:
             self._refill(now)
-        else:
-            self._serve_from_idle(now)
 
     def _serve_from_idle(self, now: float) -> None:
         """At capacity nothing can be opened: idle links in rotation go to the waiters
-        that accept them (one that queued behind others while links sat idle, say)."""
+        that accept them (one that queued behind others while links sat idle, say).
+
+        Run after a connect attempt succeeds and after rotation changes, never inside
+        ``acquire`` (the shell has no future for a waiter until acquire returns).
+        """
         if not (self.waiting and self.idle_total and self.running):
             return
         for b in self._idle_holders():
