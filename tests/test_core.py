@@ -645,7 +645,7 @@ def _machine_case(strategy: str) -> type[Any]:
     case: type[Any] = machine.TestCase  # type: ignore[attr-defined]
     case.__doc__ = f"The PoolCore state machine under {strategy}: every invariant after every step."
     case.settings = settings(
-        max_examples=150,
+        max_examples=200,
         stateful_step_count=40,
         deadline=None,
         derandomize=True,
@@ -671,8 +671,9 @@ def check_all(machine: PoolCoreMachine) -> None:
 
 
 def test_regression_waiter_queued_behind_others_gets_an_idle_link() -> None:
-    """Found by the machine: a waiter queued behind one that was served by its own open
-    was left waiting at capacity while three links sat idle on another backend."""
+    """Regression (found by the machine): no waiter is left at capacity beside idle links."""
+    # A waiter queued behind one that was served by its own open was left waiting
+    # while three links sat idle on the other backend.
     m = MACHINES["least-connections"]()
     m.setup(
         max_connections=4,
@@ -700,8 +701,9 @@ def test_regression_waiter_queued_behind_others_gets_an_idle_link() -> None:
 
 
 def test_regression_no_hand_over_inside_the_acquire_that_queued() -> None:
-    """Found by the machine against a first version of the fix above: a close completing
-    inside acquire's own step handed its waiter a link before the shell had its future."""
+    """Regression (found by the machine): acquire's own step never hands its waiter a link."""
+    # Against a first version of the fix above: a close completing synchronously inside
+    # acquire's step handed the new waiter a link before the shell had its future.
     m = MACHINES["weighted-round-robin"]()
     m.setup(
         max_connections=2,
@@ -725,6 +727,33 @@ def test_regression_no_hand_over_inside_the_acquire_that_queued() -> None:
     m.acquire(how="plain", index=0, key=None)  # the machine asserts: no Hand to it here
     check_all(m)
     assert m.core.waiting + len(m.held) == 1
+    m.teardown()
+
+
+def test_acquire_may_return_a_waiter_that_already_failed() -> None:
+    """acquire can return a waiter already failed (panic, breaker open): Fail is queued."""
+    # The shell must deliver that Fail although the waiter has no future yet.
+    m = MACHINES["weighted-round-robin"]()
+    m.setup(
+        max_connections=1,
+        min_connections=1,
+        weights=[1],
+        idle_timeout=None,
+        max_lifetime=None,
+        slow_start=None,
+        panic_threshold=0.5,
+        failure_threshold=1,
+        start_now=1,
+    )
+    m.open_fails(blamed=False, index=0)
+    m.open_fails(blamed=True, index=0)  # breaker open; panic keeps b1 in rotation
+    assert m.core.backends["b1"].in_rotation
+    result = m.core.acquire(None, None, m.clock.now)
+    assert isinstance(result, Waiter) and result.done
+    fails = [e for e in m.core.effects if isinstance(e, Fail)]
+    assert [f.waiter for f in fails] == [result]
+    assert isinstance(fails[0].error, NoHealthyBackendError)
+    m.core.effects.clear()
     m.teardown()
 
 
