@@ -974,7 +974,7 @@ class PoolCore(Generic[L]):
         Run after a connect attempt succeeds and after rotation changes, never inside
         ``acquire`` (the shell has no future for a waiter until acquire returns).
         """
-        if not (self.waiting and self.idle_total and self.running):
+        if not (self.waiting and self.idle_total and self.running) or self.capacity() > 0:
             return
         for b in self._idle_holders():
             while b.idle and b.in_rotation and self.capacity() <= 0:
