@@ -490,6 +490,7 @@ class PoolCore(Generic[L]):
                 self._fail(w, error)
         if self.running:
             self._use_capacity(now)
+            self._serve_from_idle(now)
 
     def _place(self, b: CoreBackend) -> None:
         want = self._wants_rotation(b)
@@ -1103,6 +1104,28 @@ class PoolCore(Generic[L]):
                 break  # nothing can be dialled for it now
         if self.capacity() > 0 and self.running:
             self._refill(now)
+
+    def _serve_from_idle(self, now: float) -> None:
+        """At capacity nothing can be opened: idle links in rotation go to the waiters
+        that accept them (one that queued behind others while links sat idle, say).
+
+        Run after a connect attempt succeeds and after rotation changes, never inside
+        ``acquire`` (the shell has no future for a waiter until acquire returns).
+        """
+        if not (self.waiting and self.idle_total and self.running) or self.capacity() > 0:
+            return
+        for b in self._idle_holders():
+            while b.idle and b.in_rotation and self.capacity() <= 0:
+                w = self._oldest_accepting(b)
+                if w is None:
+                    break
+                slot = self._take_idle(b, now)
+                if slot is None:
+                    break
+                slot.state = SlotState.LEASED
+                b.active += 1
+                self.leased_total += 1
+                self._hand(w, slot, None)
 
     def _next_needing_open(self, b: CoreBackend | None) -> Waiter | None:
         heap = self._need_open
