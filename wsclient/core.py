@@ -592,7 +592,9 @@ class PoolCore(Generic[L]):
             or self._room_wanted
             or slot.stand_in_for is not None
             or total <= 0
-            or b.held >= (self.size + self.opening) * b.weight / total + 1
+            # over its share: release() may retire it (attributes inlined: hot path)
+            or b.open_links + b.opening
+            >= (self.idle_total + self.leased_total + self.opening) * b.weight / total + 1
             or not self.running
             or not b.usable
             or b.removed
@@ -627,7 +629,8 @@ class PoolCore(Generic[L]):
             pin: CoreBackend | None = b
         else:
             picked, self._last_pick = self._last_pick, None
-            b = picked if picked is not None else self._pick(key)
+            # take() just missed on this pick (same step); anything else re-picks.
+            b = picked if picked is not None and picked.in_rotation else self._pick(key)
             pin = b if key is not None else None
         queue = self._pinned.get(b.id) if pin is not None else None
         if self._has_live(self._unpinned) or (queue is not None and self._has_live(queue)):

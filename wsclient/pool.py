@@ -98,32 +98,55 @@ def _link_ok(link: _Link) -> bool:
 
 class _AcquireContext(Coroutine[Any, Any, Connection]):
     """What ``pool.acquire()`` returns: a coroutine (``await`` it, or hand it to
-    ``asyncio.create_task``) that is also an async context manager."""
+    ``asyncio.create_task``) that is also an async context manager.
 
-    __slots__ = ("_conn", "_coro", "_pool")
+    ``await`` tries the hot path synchronously first (an idle link on the pick:
+    no coroutine object, no task switch); the real coroutine is made only when
+    the acquire has to wait, or when a task drives this object by ``send()``.
+    """
+
+    __slots__ = ("_conn", "_coro", "_key", "_pinned", "_pool", "_timeout")
 
     def __init__(
         self, pool: WebSocketPool, key: str | None, timeout: float | None, pinned: str | None
     ) -> None:
         self._pool = pool
+        self._key = key
+        self._timeout = timeout
+        self._pinned = pinned
         self._conn: Connection | None = None
-        self._coro = pool._acquire(key, timeout, pinned, self)
+        self._coro: Coroutine[Any, Any, Connection] | None = None
+
+    def _coroutine(self, *, tried: bool = False) -> Coroutine[Any, Any, Connection]:
+        coro = self._coro
+        if coro is None:
+            coro = self._coro = self._pool._acquire(
+                self._key, self._timeout, self._pinned, self, tried_fast_path=tried
+            )
+        return coro
 
     def send(self, value: Any) -> Any:
-        return self._coro.send(value)
+        return self._coroutine().send(value)
 
     def throw(self, *args: Any) -> Any:
-        return self._coro.throw(*args)
+        return self._coroutine().throw(*args)
 
     def close(self) -> None:
-        self._coro.close()
+        if self._coro is not None:
+            self._coro.close()
 
     def __await__(self) -> Generator[Any, None, Connection]:
-        return self._coro.__await__()
+        tried = False
+        if self._coro is None and self._pinned is None:
+            conn = self._pool._take_now(self._key, self._timeout)
+            if conn is not None:
+                self._conn = conn
+                return conn
+            tried = True  # its pick is remembered by the core for the slow path
+        return (yield from self._coroutine(tried=tried).__await__())
 
-    # Plain methods returning awaitables: one coroutine frame fewer per lease.
-    def __aenter__(self) -> Coroutine[Any, Any, Connection]:
-        return self._coro
+    def __aenter__(self) -> _AcquireContext:
+        return self  # awaited by ``async with``: the same path as ``await``
 
     def __aexit__(self, *exc_info: object) -> _Ready:
         conn, self._conn = self._conn, None
@@ -505,12 +528,30 @@ class WebSocketPool:
                 "(asyncio.run_coroutine_threadsafe / loop.call_soon_threadsafe)"
             )
 
+    def _take_now(self, key: str | None, timeout: float | None) -> Connection | None:
+        """The hot path, synchronous: an idle link on the pick with no waiter ahead."""
+        if (
+            self._state is not _RUNNING
+            or self._validate_on_checkout
+            or (timeout is not None and timeout != timeout)
+            or asyncio.get_running_loop() is not self._loop
+        ):
+            return None  # the coroutine raises the precise error
+        slot = self._core.take(key, time.monotonic())
+        if slot is None:
+            return None
+        link: _Link = slot.link
+        link._idle = False
+        return Connection(link)
+
     async def _acquire(
         self,
         key: str | None,
         timeout: float | None,
         pinned: str | None,
         context: _AcquireContext | None = None,
+        *,
+        tried_fast_path: bool = False,
     ) -> Connection:
         if self._state is not _RUNNING:
             self._raise_not_running()
@@ -518,8 +559,7 @@ class WebSocketPool:
             raise PoolMisuseError("this pool was started on another event loop")
         if timeout is not None and timeout != timeout:
             raise ValueError("acquire(timeout=nan): the timeout must be a number or None")
-        if pinned is None and not self._validate_on_checkout:
-            # The hot path: an idle link on the pick, no waiter ahead, no task switch.
+        if pinned is None and not self._validate_on_checkout and not tried_fast_path:
             slot_now: Slot[_Link] | None = self._core.take(key, time.monotonic())
             if slot_now is not None:
                 link = slot_now.link
