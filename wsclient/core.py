@@ -437,9 +437,13 @@ class PoolCore(Generic[L]):
             or self._room_wanted
             or slot.stand_in_for is not None
             or total <= 0
-            # over its share: release() may retire it (attributes inlined: hot path)
-            or b.open_links + b.opening
-            >= (self.idle_total + self.leased_total + self.opening) * b.weight / total + 1
+            # above its share while the pool is above min: release() may retire it
+            # (attributes inlined: hot path)
+            or (
+                self.idle_total + self.leased_total + self.opening > self.min
+                and b.open_links + b.opening
+                > (self.idle_total + self.leased_total + self.opening) * b.weight / total
+            )
             or not self.running
             or not b.usable
             or b.removed
@@ -874,9 +878,22 @@ class PoolCore(Generic[L]):
         return b.held >= (self.size + self.opening) * b.weight / total + 1
 
     def _surplus(self, b: CoreBackend) -> bool:
-        """A free link of ``b`` the pool can do without: above min, over its share,
-        while another backend in rotation has an idle link to serve its picks."""
-        if self.size + self.opening <= self.min or not self._over_share(b):
+        """A free link of ``b`` the pool can do without: above min, while another
+        backend in rotation has an idle link to serve its picks, and ``b`` is one
+        over its share, or above its share while another is one under (what a
+        backend grew while a peer was away: the peer's picks refill the pool)."""
+        total = self._rotation_weight
+        if self.size + self.opening <= self.min or not b.in_rotation or total <= 0:
+            return False
+        held_total = self.size + self.opening
+        excess = b.held - held_total * b.weight / total
+        if excess <= 0:
+            return False
+        if excess < 1 and not any(
+            o.held + 1 <= held_total * o.weight / total
+            for o in self._big_backends(total / self.max)
+            if o is not b
+        ):
             return False
         return any(o is not b and o.in_rotation for o in self._idle_holders())
 
