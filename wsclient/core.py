@@ -82,7 +82,7 @@ from wsclient.core_types import (
     is_blamed,
 )
 from wsclient.errors import NoHealthyBackendError
-from wsclient.state import BackendRecord, BackendStateStore
+from wsclient.state import BackendStateStore
 
 L = TypeVar("L")
 
@@ -176,9 +176,6 @@ class PoolCore(Generic[L]):
         if not b.in_rotation or self._rotation_weight <= 0:
             return 0.0
         return self.max * b.weight / self._rotation_weight
-
-    def rotation(self) -> Iterator[CoreBackend]:
-        return iter(self._rotation.values())
 
     def _emit(self, event: str, *args: Any) -> None:
         self.effects.append(Emit(event, args))
@@ -359,7 +356,7 @@ class PoolCore(Generic[L]):
             {b.id: self.describe(b) for b in self.backends.values() if not b.removed}
         )
 
-    def describe(self, b: CoreBackend, now: float | None = None) -> str:
+    def describe(self, b: CoreBackend) -> str:
         """One phrase: why this backend is (not) used."""
         if b.removed:
             return "removed"
@@ -379,9 +376,6 @@ class PoolCore(Generic[L]):
         if record.last_error:
             parts.append(f"last error: {record.last_error}")
         return ", ".join(parts)
-
-    def record(self, b: CoreBackend) -> BackendRecord:
-        return self._store.record(b.id)
 
     # ------------------------------------------------------------------ acquire
 

@@ -70,6 +70,7 @@ from typing import Any, Final, Literal, Self, get_args
 
 import aiohttp
 
+from wsclient.testing._common import _format_host
 from wsclient.testing.process import _child_env
 
 __all__ = [
@@ -219,8 +220,7 @@ class InteropServer:
 
     @property
     def _netloc(self) -> str:
-        host = f"[{self._host}]" if ":" in self._host else self._host
-        return f"{host}:{self._port}"
+        return f"{_format_host(self._host)}:{self._port}"
 
     @property
     def pid(self) -> int | None:
