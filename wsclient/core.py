@@ -115,7 +115,7 @@ class PoolCore(Generic[L]):
         store: BackendStateStore,
         balancer: Balancer,
         *,
-        link_ok: Callable[[L], bool] = lambda link: True,
+        link_ok: Callable[[L], bool] | None = None,
         rng: random.Random | None = None,
     ) -> None:
         self.config = config
@@ -123,11 +123,16 @@ class PoolCore(Generic[L]):
         self.min = config.min_connections
         self._store = store
         self._balancer = balancer
+        self._needs_key = balancer.requires_key  # read on the hot path
+        # None: the shell reports every idle link's end at once (link_lost/closed),
+        # so an idle slot is always valid and take() skips the call.
         self._link_ok = link_ok
         self._rng = rng if rng is not None else random.Random()
         self.effects: list[Effect] = []
         self.running = False
         self.generation = 0
+        # Bumped by every call but take()/give_back(): see give_back().
+        self._epoch = 0
         self.backends: dict[str, CoreBackend] = {}
         self._rotation: dict[str, CoreBackend] = {}
         self._rotation_weight = 0.0
@@ -183,6 +188,7 @@ class PoolCore(Generic[L]):
     # ------------------------------------------------------------------ membership
 
     def add_backend(self, backend_id: str, weight: int, now: float) -> CoreBackend:
+        self._epoch += 1
         previous = self.backends.get(backend_id)
         if previous is not None:
             if not previous.removed:
@@ -207,6 +213,7 @@ class PoolCore(Generic[L]):
 
     def remove_backend(self, backend_id: str, now: float) -> CoreBackend:
         """Out of rotation at once; idle links close; leases close when released."""
+        self._epoch += 1
         b = self.backends[backend_id]
         if b.removed:
             raise KeyError(backend_id)
@@ -222,6 +229,7 @@ class PoolCore(Generic[L]):
         return b
 
     def set_weight(self, backend_id: str, weight: int, now: float) -> None:
+        self._epoch += 1
         b = self.backends[backend_id]
         if b.removed:
             raise KeyError(backend_id)
@@ -262,6 +270,7 @@ class PoolCore(Generic[L]):
 
     def refresh(self, backend_id: str, now: float) -> None:
         """The store changed for this backend (health, breaker, ejection): re-judge it."""
+        self._epoch += 1
         b = self.backends.get(backend_id)
         if b is None or b.removed:
             return
@@ -396,11 +405,10 @@ class PoolCore(Generic[L]):
         Only when nobody waits (FIFO) and the pick has a valid idle link; the
         pick it made is remembered, so the slow path does not pick again.
         """
-        self._last_pick = None
-        if self.waiting or not self._rotation:
-            return None
-        if key is None and self._balancer.requires_key:
-            return None  # acquire() raises the ValueError
+        # _last_pick is None here: only a miss below sets it, and the acquire()
+        # that follows a miss in the same step consumes it.
+        if self.waiting or not self._rotation or (key is None and self._needs_key):
+            return None  # acquire() queues, or raises the ValueError / no-backend error
         b: CoreBackend = self._balancer.pick(key)  # type: ignore[assignment]
         idle = b.idle
         if idle:
@@ -408,7 +416,7 @@ class PoolCore(Generic[L]):
             if (
                 slot.generation == self.generation
                 and (slot.expires_at is None or now < slot.expires_at)
-                and self._link_ok(slot.link)
+                and (self._link_ok is None or self._link_ok(slot.link))
             ):
                 idle.pop()
                 slot.state = _LEASED
@@ -423,41 +431,51 @@ class PoolCore(Generic[L]):
         """The hot path of ``release``: park a reusable slot when nobody waits for it.
 
         False: nothing was done; call ``release`` (waiters, stand-ins, expiry...).
+
+        The checks below read only state that ``take``/``give_back`` never change
+        (waiters, membership, weights, sizes, health, running). Every other core
+        call bumps ``_epoch``, so a slot that passed them at the current epoch
+        passes them again and skips them: the common lease/park cycle pays two
+        attribute reads instead of a dozen.
         """
+        if slot.parked_epoch != self._epoch or slot.expires_at is not None:
+            b = slot.backend
+            total = self._rotation_weight
+            if (
+                self.waiting
+                or self._room_wanted
+                or slot.stand_in_for is not None
+                or total <= 0
+                # above its share while the pool is above min: release() may retire it
+                # (attributes inlined: hot path)
+                or (
+                    self.idle_total + self.leased_total + self.opening > self.min
+                    and b.open_links + b.opening
+                    > (self.idle_total + self.leased_total + self.opening) * b.weight / total
+                )
+                or not self.running
+                or not b.usable
+                or b.removed
+                or slot.generation != self.generation
+                or (slot.expires_at is not None and now >= slot.expires_at)
+            ):
+                return False
+            slot.parked_epoch = self._epoch
+            if slot.expires_at is not None and slot.expires_at < self.due:
+                self.due = slot.expires_at
         b = slot.backend
-        total = self._rotation_weight
-        if (
-            self.waiting
-            or self._room_wanted
-            or slot.stand_in_for is not None
-            or total <= 0
-            # above its share while the pool is above min: release() may retire it
-            # (attributes inlined: hot path)
-            or (
-                self.idle_total + self.leased_total + self.opening > self.min
-                and b.open_links + b.opening
-                > (self.idle_total + self.leased_total + self.opening) * b.weight / total
-            )
-            or not self.running
-            or not b.usable
-            or b.removed
-            or slot.generation != self.generation
-            or (slot.expires_at is not None and now >= slot.expires_at)
-        ):
-            return False
         slot.state = _IDLE
         slot.last_used = now
         b.active -= 1
         self.leased_total -= 1
-        b.idle.append(slot)
+        idle = b.idle
+        idle.append(slot)
         self.idle_total += 1
-        if len(b.idle) == 1:
+        if len(idle) == 1:
             self._holders[b.id] = b
         idle_timeout = self._idle_timeout
         if idle_timeout is not None and now + idle_timeout < self.due:
             self.due = now + idle_timeout
-        if slot.expires_at is not None and slot.expires_at < self.due:
-            self.due = slot.expires_at
         return True
 
     def acquire(self, key: str | None, pinned_id: str | None, now: float) -> Slot[L] | Waiter:
@@ -465,6 +483,7 @@ class PoolCore(Generic[L]):
 
         Raises ``ValueError`` (keyless ip-hash) or ``NoHealthyBackendError``.
         """
+        self._epoch += 1
         if pinned_id is not None:
             b = self.backends.get(pinned_id)
             if b is None or not self.serviceable(b):
@@ -551,6 +570,7 @@ class PoolCore(Generic[L]):
 
     def cancel(self, w: Waiter) -> None:
         """The acquirer gave up (timeout, cancellation). Its open, if any, goes on unowned."""
+        self._epoch += 1
         if w.done:
             return
         w.done = True
@@ -566,6 +586,7 @@ class PoolCore(Generic[L]):
         self.effects.append(Fail(w, error))
 
     def fail_all(self, error: BaseException) -> None:
+        self._epoch += 1
         for w in self._live_waiters():
             self._fail(w, error)
 
@@ -577,7 +598,7 @@ class PoolCore(Generic[L]):
             if (
                 slot.generation == self.generation
                 and (slot.expires_at is None or now < slot.expires_at)
-                and self._link_ok(slot.link)
+                and (self._link_ok is None or self._link_ok(slot.link))
             ):
                 return slot
             slot.state = _LEASED  # so that _retire counts it out of "leased"
@@ -689,6 +710,7 @@ class PoolCore(Generic[L]):
 
     def opened(self, ticket: Ticket, link: L, now: float) -> Slot[L]:
         """The connect attempt succeeded."""
+        self._epoch += 1
         b = ticket.backend
         b.opening -= 1
         self.opening -= 1
@@ -732,6 +754,7 @@ class PoolCore(Generic[L]):
         self, ticket: Ticket, error: BaseException | None, reason: str | None, now: float
     ) -> None:
         """The connect attempt failed (``reason`` set: blame the backend) or was abandoned."""
+        self._epoch += 1
         b = ticket.backend
         b.opening -= 1
         self.opening -= 1
@@ -839,6 +862,7 @@ class PoolCore(Generic[L]):
 
     def release(self, slot: Slot[L], reusable: bool, now: float, reason: str = "retired") -> None:
         """The lessee gave the slot back; ``reusable`` is the shell's verdict on the link."""
+        self._epoch += 1
         b = slot.backend
         if (
             not reusable
@@ -1048,6 +1072,7 @@ class PoolCore(Generic[L]):
 
     def retire_idle_slot(self, slot: Slot[L], code: int | None, reason: str) -> bool:
         """Close ``slot`` if it is idle (drain, policy); False if it is not idle."""
+        self._epoch += 1
         if slot.state is not _IDLE:
             return False
         b = slot.backend
@@ -1064,6 +1089,7 @@ class PoolCore(Generic[L]):
 
     def closed(self, slot: Slot[L], code: int | None, reason: str, now: float) -> None:
         """The shell finished closing the slot's link."""
+        self._epoch += 1
         b = slot.backend
         b.closing -= 1
         self.closing -= 1
@@ -1081,6 +1107,7 @@ class PoolCore(Generic[L]):
 
         ``judge=False``: it ended through our own doing; the backend is not judged.
         """
+        self._epoch += 1
         b = slot.backend
         blamed = False
         if judge and self.running and not b.removed:
@@ -1098,6 +1125,7 @@ class PoolCore(Generic[L]):
 
     def backend_failed(self, backend_id: str, error: str, now: float) -> None:
         """A failure observed outside the core's own bookkeeping: blame the backend."""
+        self._epoch += 1
         self._blame(self.backends[backend_id], error, now)
 
     def serviceable(self, b: CoreBackend) -> bool:
@@ -1125,6 +1153,7 @@ class PoolCore(Generic[L]):
 
     def tick(self, now: float) -> float:
         """Housekeeping due by ``now``; returns when it is next due."""
+        self._epoch += 1
         due = now + 60.0
         # Ejections and backoff delays that ended.
         for backend_id, until in list(self._ejections.items()):
@@ -1183,14 +1212,17 @@ class PoolCore(Generic[L]):
 
     def expire_all(self) -> None:
         """Every current link is stale; each is replaced when next idle."""
+        self._epoch += 1
         self.generation += 1
 
     def start(self, now: float) -> None:
+        self._epoch += 1
         self.running = True
         self._use_capacity(now)
 
     def stop(self, error: BaseException) -> None:
         """Hand out nothing more: fail every waiter, close every idle link."""
+        self._epoch += 1
         self.running = False
         self.fail_all(error)
         self._room_for.clear()

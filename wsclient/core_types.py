@@ -120,6 +120,7 @@ class Slot(Generic[L]):
         "generation",
         "last_used",
         "link",
+        "parked_epoch",
         "stand_in_for",
         "state",
     )
@@ -132,6 +133,7 @@ class Slot(Generic[L]):
         self.expires_at: float | None = None
         self.last_used = now
         self.stand_in_for: CoreBackend | None = None
+        self.parked_epoch = -1  # the core epoch at which give_back() last checked it
 
 
 class Waiter:
