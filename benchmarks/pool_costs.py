@@ -535,10 +535,13 @@ async def _warm(
 
 
 def _pick_pool(strategy: str, n: int, urls: list[str]) -> WebSocketPool:
+    # min_connections=n: start() opens one link per backend (each backend's share
+    # of n is one), so the warm-up below only tops up; driving random to cover
+    # 10,000 backends by acquires alone takes ~n ln n opens one after the other.
     return WebSocketPool(
         backends=[Backend(id=f"b{i}", url=urls[i % len(urls)]) for i in range(n)],
         load_balancing=strategy,
-        min_connections=0,
+        min_connections=n,
         max_connections=n,
         idle_timeout=None,
         health_check={"enabled": False},
@@ -614,7 +617,7 @@ async def bench_pick(urls: list[str], s: Settings) -> dict[str, Any]:
             "sizes": list(s.pick_sizes),
             "backends": f"Backend(id='b<i>', url=<echo port i % {len(urls)}>): "
             f"{len(urls)} real echo servers shared by all backend entries",
-            "pool": "min_connections=0, max_connections=n, idle_timeout=None, health_check "
+            "pool": "min_connections=n, max_connections=n, idle_timeout=None, health_check "
             "disabled, heartbeat disabled",
             "warm_up": "acquire+release until every backend the strategy picks holds an idle "
             "connection (size == n; ip-hash: the backends its keys map to)",

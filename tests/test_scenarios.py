@@ -345,21 +345,8 @@ SETTLE_SLACK = WORKERS // 2
         ("uvicorn", (1, 1, 1), 1),
         ("inproc-1001", (1, 1, 1), 1),
         ("inproc-1012", (1, 1, 1), 1),
-        pytest.param(
-            "websockets",
-            (2, 1, 1),
-            0,
-            marks=pytest.mark.xfail(
-                strict=False,
-                raises=PoolDefect,
-                reason=(
-                    "restarting the weight-2 backend of 2:1:1 under 4 workers: peak 11 "
-                    "(> 6+4) and settling at 10 in about 1 run of 3 (peak 6-9 otherwise): "
-                    "while half the traffic's backend is down, the two weight-1 backends "
-                    "grow to serve it and stay within their shares of the larger pool"
-                ),
-            ),
-        ),
+        ("websockets", (2, 1, 1), 0),
+        ("uvicorn", (2, 1, 1), 0),
     ],
 )
 async def test_rolling_restart_graceful_keeps_size_and_restores_share(

@@ -106,6 +106,13 @@ __all__ = [
 ]
 
 
+# The hold after a graceful close (PoolCore._hold): how long the pool stays at its
+# size, and how long after the closed backend reopens a link (its links then take
+# the stand-ins' places within a few releases).
+_HOLD_S = 10.0
+_HOLD_AFTER_REOPEN_S = 3.0
+
+
 class PoolCore(Generic[L]):
     """State and decisions of one pool. Not thread-safe; the shell serialises calls."""
 
@@ -133,6 +140,12 @@ class PoolCore(Generic[L]):
         self.generation = 0
         # Bumped by every call but take()/give_back(): see give_back().
         self._epoch = 0
+        # The hold after a graceful close (see _hold()): while _holding, the pool's
+        # limit is its size before the close (or the demand, if larger), not max.
+        self._holding = False
+        self._level = 0
+        self._hold_until = 0.0
+        self._held_for: set[str] = set()  # closed gracefully in this hold, not reopened
         self.backends: dict[str, CoreBackend] = {}
         self._rotation: dict[str, CoreBackend] = {}
         self._rotation_weight = 0.0
@@ -173,14 +186,24 @@ class PoolCore(Generic[L]):
     def size(self) -> int:
         return self.idle_total + self.leased_total
 
+    @property
+    def limit(self) -> int:
+        """The most links the pool may hold now: ``max_connections``, or during the
+        hold after a graceful close the size it had before it (or the demand, leased
+        plus waiting, if that is larger), so that the links the restarted backend
+        reopens take the place of the stand-ins instead of adding to them."""
+        if not self._holding:
+            return self.max
+        return min(self.max, max(self._level, self.leased_total + self.waiting))
+
     def capacity(self) -> int:
-        return self.max - (self.idle_total + self.leased_total + self.opening + self.closing)
+        return self.limit - (self.idle_total + self.leased_total + self.opening + self.closing)
 
     def target(self, b: CoreBackend) -> float:
-        """The backend's share of ``max_connections`` (0 outside rotation)."""
+        """The backend's share of the limit (0 outside rotation)."""
         if not b.in_rotation or self._rotation_weight <= 0:
             return 0.0
-        return self.max * b.weight / self._rotation_weight
+        return self.limit * b.weight / self._rotation_weight
 
     def _emit(self, event: str, *args: Any) -> None:
         self.effects.append(Emit(event, args))
@@ -729,6 +752,9 @@ class PoolCore(Generic[L]):
         self.stats["opened"] += 1
         b.backoff.reset()
         b.retry_at = 0.0
+        if b.id in self._held_for:  # back after its graceful close: hold a little longer
+            self._held_for.discard(b.id)
+            self._hold_until = max(self._hold_until, now + _HOLD_AFTER_REOPEN_S)
         self._store.connect_succeeded(b.id)
         self._emit(ev.CONNECTION_OPEN, b.id, slot)
         if not self.running or b.removed:
@@ -957,7 +983,7 @@ class PoolCore(Generic[L]):
             victim = next((o for o in self._idle_holders() if o is not b), None)
         if victim is None:
             return False
-        slot = victim.idle.popleft()  # the longest idle
+        slot = victim.idle.pop(0)  # the longest idle
         self.idle_total -= 1
         slot.state = _LEASED
         victim.active += 1
@@ -1119,9 +1145,40 @@ class PoolCore(Generic[L]):
             else:
                 # Going away, restarting, try later: reconnect, but not at once,
                 # so a restarting server is not hit by every client together.
+                self._hold(b, now)
                 self._schedule_retry(b, now, extra_steps=2 if code == 1013 else 0)
         self.retire_idle_slot(slot, None, reason)
         return blamed
+
+    def _hold(self, b: CoreBackend, now: float) -> None:
+        """A graceful close (a rolling restart): hold the pool at its present size.
+
+        The backend's demand moves to stand-ins elsewhere while it cannot be
+        dialled, and its reopened links must replace those, not add to them: for
+        ``_HOLD_S`` (longer while backends keep closing gracefully, and at least
+        ``_HOLD_AFTER_REOPEN_S`` after one reopens) the pool is at capacity at
+        that size, so the allotment makes room for an under-share pick by
+        retiring an idle link of an over-share backend, as it does at
+        ``max_connections``. Demand above that size still opens (see ``limit``).
+        """
+        if not self._holding:
+            self._holding = True
+            # The closing link still counts: the size the pool had just before.
+            self._level = max(self.min, self.size + self.opening)
+        self._held_for.add(b.id)
+        self._hold_until = max(self._hold_until, now + _HOLD_S)
+        if self._hold_until < self.due:
+            self.due = self._hold_until
+
+    def _end_hold(self, now: float) -> float:
+        """End the hold once it is over; returns when to look again."""
+        if not self._holding:
+            return math.inf
+        if now < self._hold_until:
+            return self._hold_until
+        self._holding = False
+        self._held_for.clear()
+        return math.inf
 
     def backend_failed(self, backend_id: str, error: str, now: float) -> None:
         """A failure observed outside the core's own bookkeeping: blame the backend."""
@@ -1176,11 +1233,24 @@ class PoolCore(Generic[L]):
             self._set_effective_weight(b, self._ramped_weight(b, now))
         if self._ramping:
             due = min(due, now + (self.config.slow_start or 1.0) / 10)
-        due = min(due, self._expire_idle(now))
+        due = min(due, self._expire_idle(now), self._end_hold(now))
+        if self._holding:
+            self._trim_to_limit()
         if self.running:
             self._use_capacity(now)
         self.due = due
         return due
+
+    def _trim_to_limit(self) -> None:
+        """During the hold: idle links above the limit go, the most over-share first."""
+        while self.size + self.opening > self.limit:
+            victim: CoreBackend | None = None
+            for other in self._idle_holders():
+                if self._over_target(other) and (victim is None or other.held > victim.held):
+                    victim = other
+            if victim is None:
+                return
+            self.retire_idle_slot(victim.idle[0], 1000, "surplus")
 
     def _expire_idle(self, now: float) -> float:
         idle_timeout = self.config.idle_timeout

@@ -8,7 +8,6 @@ here decides anything.
 from __future__ import annotations
 
 import enum
-from collections import deque
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -83,7 +82,11 @@ class CoreBackend:
         self.id = backend_id
         self.base_weight = weight
         self.weight = float(weight)  # effective: lower while slow start ramps
-        self.idle: deque[Slot[Any]] = deque()
+        # A list, not a deque: a deque allocates a 64-entry block, and with
+        # thousands of backends each holding a link or two that is a cache miss
+        # per acquire. Reuse is LIFO at the end; only retiring the longest-idle
+        # link pops the front (its length is this backend's idle links).
+        self.idle: list[Slot[Any]] = []
         self.active = 0  # leased; the balancer reads it
         self.open_links = 0  # idle + leased
         self.opening = 0

@@ -222,7 +222,9 @@ class WebSocketPool:
         self._core: PoolCore[_Link] = PoolCore(
             # No link_ok: a link that ends while idle is reported to the core in the
             # same callback (_on_link_closed), so idle slots need no re-check.
-            cfg, self._store, create_balancer(cfg.load_balancing)
+            cfg,
+            self._store,
+            create_balancer(cfg.load_balancing),
         )
         self._configs: dict[str, Backend] = {}
         self._options: dict[str, ConnectionOptions] = {}
