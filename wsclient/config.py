@@ -9,10 +9,11 @@ kept out of ``repr`` so they never reach logs.
 
 from __future__ import annotations
 
+import os
 import re
 import ssl as ssl_module
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, Literal, TypeAlias
+from typing import Any, Literal, Self, TypeAlias
 
 from pydantic import (
     BaseModel,
@@ -469,6 +470,20 @@ class PoolConfig(ConnectionOptions):
                 f"({self.max_connections})"
             )
         return self
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike[str]) -> Self:
+        """The options in a TOML (``.toml``) or JSON (``.json``) file.
+
+        The file's top level holds ``PoolConfig`` fields, nested options as
+        tables (``[health_check]``) and backends as an array of tables
+        (``[[backends]]``) or URL strings. Values are validated by this model,
+        with the same messages as keyword arguments; each error carries a note
+        naming the file. Unset options keep their defaults.
+        """
+        from wsclient.config_sources import build, read_config_file
+
+        return build(cls, [(f"file {os.fspath(path)}", read_config_file(path))])
 
     def connection_defaults(self) -> ConnectionOptions:
         """The per-connection options part of this config."""
