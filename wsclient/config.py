@@ -485,6 +485,31 @@ class PoolConfig(ConnectionOptions):
 
         return build(cls, [(f"file {os.fspath(path)}", read_config_file(path))])
 
+    @classmethod
+    def from_env(cls) -> Self:
+        """The options set by ``WSCLIENT_*`` environment variables (defaults elsewhere).
+
+        ``WSCLIENT_MAX_CONNECTIONS=10``, ``WSCLIENT_HEALTH_CHECK__INTERVAL=5``
+        (``__`` reaches into a nested option), lists and tables as JSON
+        (``WSCLIENT_BACKENDS='["ws://a/ws"]'``), ``null`` for ``None``. A
+        ``WSCLIENT_`` variable that names no option raises ``ValueError``.
+        """
+        from wsclient.config_sources import load
+
+        return load(cls, None, {})
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str] | None = None, /, **overrides: Any) -> Self:
+        """Options by precedence: ``overrides`` > ``WSCLIENT_*`` variables > file > defaults.
+
+        Nested tables merge key by key across the layers
+        (``WSCLIENT_HEALTH_CHECK__INTERVAL`` changes the file's interval and
+        keeps its path); ``backends`` is replaced whole by a higher layer.
+        """
+        from wsclient.config_sources import load
+
+        return load(cls, path, overrides)
+
     def connection_defaults(self) -> ConnectionOptions:
         """The per-connection options part of this config."""
         return ConnectionOptions.model_validate(

@@ -1,4 +1,4 @@
-"""Where a ``PoolConfig``'s values come from: files (TOML, JSON) and their merging.
+"""Where a ``PoolConfig``'s values come from: files, the environment, precedence.
 
 The models in ``config.py`` say what each option is and how it is checked;
 this module only gathers values from outside the program and hands them to
@@ -12,6 +12,8 @@ environment variable may hold a token.
 
 from __future__ import annotations
 
+import difflib
+import functools
 import json
 import os
 import tomllib
@@ -20,8 +22,16 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
+from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict, SettingsError
 
 M = TypeVar("M", bound=BaseModel)
+
+#: Every environment variable for a pool option starts with this.
+ENV_PREFIX = "WSCLIENT_"
+#: Separates a nested option: ``WSCLIENT_HEALTH_CHECK__INTERVAL``.
+ENV_NESTED_DELIMITER = "__"
+#: The value that means ``None`` ("never", "disabled") in an environment variable.
+ENV_NONE = "null"
 
 #: File suffixes ``PoolConfig.from_file`` understands, and their format's name.
 FILE_FORMATS = {".toml": "TOML", ".json": "JSON"}
@@ -79,6 +89,96 @@ def merge(*layers: Mapping[str, Any]) -> dict[str, Any]:
     return result
 
 
+@functools.cache
+def _settings_class(model: type[BaseModel]) -> type[BaseSettings]:
+    # pydantic-settings reads a model's fields to know which variables to look
+    # for and which values are JSON (lists, tables); only its reading is used,
+    # the validation stays the model's own (see build()).
+    config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter=ENV_NESTED_DELIMITER,
+        case_sensitive=False,
+        env_parse_none_str=ENV_NONE,
+    )
+    return type(f"{model.__name__}Environment", (BaseSettings, model), {"model_config": config})
+
+
+def read_environment(model: type[BaseModel]) -> dict[str, Any]:
+    """The ``WSCLIENT_*`` variables that name fields of ``model``, as option dicts.
+
+    ``WSCLIENT_MAX_CONNECTIONS=10`` sets ``max_connections``;
+    ``WSCLIENT_HEALTH_CHECK__INTERVAL=5`` one nested option; lists and tables
+    are JSON (``WSCLIENT_BACKENDS='["ws://a/ws"]'``); ``null`` is ``None``.
+    Names are case-insensitive. A ``WSCLIENT_`` variable that names no option
+    is an error (a typo must not be ignored), and so is a JSON value that does
+    not parse; neither message quotes the value.
+    """
+    unknown = sorted(_unknown_variables(model, os.environ))
+    if unknown:
+        raise ValueError("; ".join(_explain_unknown(model, name) for name in unknown))
+    try:
+        return dict(EnvSettingsSource(_settings_class(model))())
+    except SettingsError as exc:
+        # The message names the field; its cause (a JSONDecodeError) holds the
+        # value, which may be a token: neither is passed on.
+        field = str(exc).split('"')[1] if '"' in str(exc) else "?"
+        raise ValueError(
+            f"environment variable {ENV_PREFIX}{field.upper()}: not valid JSON "
+            "(lists and tables are given as JSON)"
+        ) from None
+
+
+def _option_path(name: str) -> list[str]:
+    return name[len(ENV_PREFIX) :].lower().split(ENV_NESTED_DELIMITER)
+
+
+def _unknown_variables(model: type[BaseModel], environ: Mapping[str, str]) -> list[str]:
+    unknown = []
+    for name in environ:
+        if not name.upper().startswith(ENV_PREFIX):
+            continue
+        path = _option_path(name)
+        fields = model.model_fields
+        for depth, part in enumerate(path):
+            if part not in fields:
+                unknown.append(name)
+                break
+            nested = _nested_model(fields[part].annotation)
+            if nested is None:
+                if depth < len(path) - 1:
+                    unknown.append(name)  # WSCLIENT_MAX_CONNECTIONS__X: not a table
+                break
+            fields = nested.model_fields
+    return unknown
+
+
+def _nested_model(annotation: Any) -> type[BaseModel] | None:
+    # HeartbeatConfig, or HeartbeatConfig | None: the options that are tables.
+    candidates = getattr(annotation, "__args__", (annotation,))
+    for candidate in candidates:
+        if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+            return candidate
+    return None
+
+
+def _explain_unknown(model: type[BaseModel], name: str) -> str:
+    known = [ENV_PREFIX + field.upper() for field in model.model_fields]
+    close = difflib.get_close_matches(name.upper().split(ENV_NESTED_DELIMITER)[0], known, n=1)
+    hint = f" (did you mean {close[0]}?)" if close else ""
+    return f"environment variable {name} names no {model.__name__} option{hint}"
+
+
+def env_variable(loc: Sequence[int | str], environ: Mapping[str, str]) -> str | None:
+    """The variable that set the value at ``loc``: the most specific one present."""
+    present = {name.upper(): name for name in environ}
+    for depth in range(len(loc), 0, -1):
+        parts = [str(part).upper() for part in loc[:depth]]
+        name = ENV_PREFIX + ENV_NESTED_DELIMITER.join(parts)
+        if name in present:
+            return present[name]
+    return None
+
+
 def where_from(loc: tuple[int | str, ...], sources: Sequence[tuple[str, Mapping[str, Any]]]) -> str:
     """Which source supplied the value at ``loc``, or ``""`` if none did.
 
@@ -102,6 +202,21 @@ def where_from(loc: tuple[int | str, ...], sources: Sequence[tuple[str, Mapping[
     return best
 
 
+#: The label of the environment's layer in ``build()``'s sources.
+ENVIRONMENT = "the environment"
+
+
+def load(model: type[M], path: str | os.PathLike[str] | None, overrides: Mapping[str, Any]) -> M:
+    """``model`` from, by precedence: ``overrides`` > environment > file > defaults."""
+    sources: list[tuple[str, Mapping[str, Any]]] = [
+        ("the arguments", overrides),
+        (ENVIRONMENT, read_environment(model)),
+    ]
+    if path is not None:
+        sources.append((f"file {os.fspath(path)}", read_config_file(path)))
+    return build(model, sources)
+
+
 def build(model: type[M], sources: Sequence[tuple[str, Mapping[str, Any]]]) -> M:
     """Validate the merged ``sources`` (highest precedence first) with ``model``.
 
@@ -114,6 +229,9 @@ def build(model: type[M], sources: Sequence[tuple[str, Mapping[str, Any]]]) -> M
     except ValidationError as exc:
         for error in exc.errors():
             label = where_from(tuple(error["loc"]), sources)
+            if label == ENVIRONMENT:
+                variable = env_variable(error["loc"], os.environ)
+                label = f"environment variable {variable}" if variable else label
             if label:
                 where = ".".join(str(part) for part in error["loc"])
                 exc.add_note(f"{where}: from {label}")
