@@ -13,7 +13,7 @@ import os
 import re
 import ssl as ssl_module
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, Literal, Self, TypeAlias
+from typing import TYPE_CHECKING, Any, Literal, Self, TypeAlias
 
 from pydantic import (
     BaseModel,
@@ -174,6 +174,20 @@ class _Model(BaseModel):
     )
 
 
+def _positional(
+    model: type, names: tuple[str, ...], args: tuple[Any, ...], data: dict[str, Any]
+) -> dict[str, Any]:
+    # Positional arguments of a model's __init__ mapped to its fields. Checks run
+    # in the model (a dict validated into it arrives here as keywords only).
+    if len(args) > len(names):
+        raise TypeError(f"{model.__name__}() takes at most {len(names)} positional arguments")
+    for name, value in zip(names, args, strict=False):
+        if name in data:
+            raise TypeError(f"{model.__name__}() got {name!r} both positionally and by keyword")
+        data[name] = value
+    return data
+
+
 class BearerAuth(_Model):
     """``Authorization: Bearer <token>``."""
 
@@ -181,17 +195,39 @@ class BearerAuth(_Model):
 
     _token_is_sendable = field_validator("token")(_check_secret)
 
+    if TYPE_CHECKING:
+        # A type checker accepts a plain string (the field is a SecretStr).
+        def __init__(self, token: str | SecretStr) -> None: ...
+
+    else:
+
+        def __init__(self, *args, **data):  # BearerAuth(token) too
+            super().__init__(**_positional(type(self), ("token",), args, data))
+
     def headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.token.get_secret_value()}"}
+
+
+#: The header ``ApiKeyAuth`` sends its key in unless told otherwise.
+DEFAULT_API_KEY_HEADER = "X-API-Key"
 
 
 class ApiKeyAuth(_Model):
     """An API key sent in a header (``X-API-Key`` unless told otherwise)."""
 
     key: SecretStr
-    header: str = "X-API-Key"
+    header: str = DEFAULT_API_KEY_HEADER
 
     _key_is_sendable = field_validator("key")(_check_secret)
+
+    if TYPE_CHECKING:
+
+        def __init__(self, key: str | SecretStr, header: str = DEFAULT_API_KEY_HEADER) -> None: ...
+
+    else:
+
+        def __init__(self, *args, **data):  # ApiKeyAuth(key, header=...) too
+            super().__init__(**_positional(type(self), ("key", "header"), args, data))
 
     @field_validator("header")
     @classmethod
