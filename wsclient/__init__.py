@@ -8,6 +8,7 @@
             reply = await conn.receive_json(timeout=5)
 """
 
+from wsclient._version import __version__
 from wsclient.backend import BackendHealth
 from wsclient.balancers import Balancer, balancer_names, register_balancer
 from wsclient.codes import CloseCode, ConnectionState, describe_close_code
@@ -46,8 +47,6 @@ from wsclient.options import (
 )
 from wsclient.pool import WebSocketPool
 
-__version__ = "0.1.0"
-
 __all__ = [
     "EVENTS",
     "AcquireTimeoutError",
@@ -84,6 +83,7 @@ __all__ = [
     "PoolOptions",
     "WSClientError",
     "WebSocketPool",
+    "__version__",
     "balancer_names",
     "connect",
     "describe_close_code",
