@@ -139,7 +139,7 @@ async def test_recipe_answers_504_when_the_reply_is_late(
     monkeypatch.setattr(module, "REPLY_TIMEOUT", 0.2)
     config = PoolConfig(backends=[wsclient_backend.url], min_connections=1)
     async with SERVERS[kind](config) as (base, _):
-        wsclient_backend.set_reply_delay(1.0)
+        wsclient_backend.set_reply_delay(0.6)
         status, body = await post(http, f"{base}/forward", {"n": 1})
         assert status == 504, body
         wsclient_backend.set_reply_delay(0)
