@@ -16,6 +16,7 @@ import difflib
 import functools
 import json
 import os
+import re
 import tomllib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -120,10 +121,11 @@ def read_environment(model: type[BaseModel]) -> dict[str, Any]:
         return dict(EnvSettingsSource(_settings_class(model))())
     except SettingsError as exc:
         # The message names the field; its cause (a JSONDecodeError) holds the
-        # value, which may be a token: neither is passed on.
-        field = str(exc).split('"')[1] if '"' in str(exc) else "?"
+        # value, which may be a token: only the name is passed on.
+        field = re.search(r'field "([^"]+)"', str(exc))
+        name = f"environment variable {ENV_PREFIX}{field[1].upper()}" if field else None
         raise ValueError(
-            f"environment variable {ENV_PREFIX}{field.upper()}: not valid JSON "
+            f"{name or f'a {ENV_PREFIX}* environment variable'}: not valid JSON "
             "(lists and tables are given as JSON)"
         ) from None
 
