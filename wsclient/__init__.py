@@ -8,6 +8,7 @@
             reply = await conn.receive_json(timeout=5)
 """
 
+from wsclient._version import __version__
 from wsclient.backend import BackendHealth
 from wsclient.balancers import Balancer, balancer_names, register_balancer
 from wsclient.codes import CloseCode, ConnectionState, describe_close_code
@@ -34,10 +35,17 @@ from wsclient.errors import (
     PoolMisuseError,
     WSClientError,
 )
-from wsclient.event_names import EVENTS
+from wsclient.event_names import EVENTS, EventName
+from wsclient.options import (
+    BackendOptions,
+    BackoffOptions,
+    CircuitBreakerOptions,
+    ConnectionOptionsDict,
+    HealthCheckOptions,
+    HeartbeatOptions,
+    PoolOptions,
+)
 from wsclient.pool import WebSocketPool
-
-__version__ = "0.1.0"
 
 __all__ = [
     "EVENTS",
@@ -45,19 +53,26 @@ __all__ = [
     "ApiKeyAuth",
     "Backend",
     "BackendHealth",
+    "BackendOptions",
     "BackoffConfig",
+    "BackoffOptions",
     "Balancer",
     "BearerAuth",
     "CircuitBreakerConfig",
+    "CircuitBreakerOptions",
     "CloseCode",
     "ConnectError",
     "Connection",
     "ConnectionClosedError",
     "ConnectionOptions",
+    "ConnectionOptionsDict",
     "ConnectionReleasedError",
     "ConnectionState",
+    "EventName",
     "HealthCheckConfig",
+    "HealthCheckOptions",
     "HeartbeatConfig",
+    "HeartbeatOptions",
     "Message",
     "MessageTooBigError",
     "MessageType",
@@ -65,8 +80,10 @@ __all__ = [
     "PoolClosedError",
     "PoolConfig",
     "PoolMisuseError",
+    "PoolOptions",
     "WSClientError",
     "WebSocketPool",
+    "__version__",
     "balancer_names",
     "connect",
     "describe_close_code",

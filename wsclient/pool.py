@@ -31,7 +31,7 @@ import threading
 import time
 import warnings
 from collections.abc import Callable, Coroutine, Generator, Iterable, Mapping
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Unpack
 
 from wsclient import event_names as ev
 from wsclient.backend import BackendHealth
@@ -71,6 +71,8 @@ from wsclient.errors import (
 )
 from wsclient.events import EventEmitter
 from wsclient.health import HealthChecker, ProbeResult
+from wsclient.listeners import EventSource
+from wsclient.options import PoolOptions
 from wsclient.state import LocalStateStore
 
 logger = logging.getLogger("wsclient.pool")
@@ -194,7 +196,7 @@ class _Ready:
 _READY = _Ready()
 
 
-class WebSocketPool:
+class WebSocketPool(EventSource):
     """A pool of warm WebSocket connections to weighted backends.
 
     ``WebSocketPool(backends=[...], ...)`` takes ``PoolConfig`` fields as
@@ -202,7 +204,12 @@ class WebSocketPool:
     then override it). Use ``async with`` or ``start()`` / ``close()``.
     """
 
-    def __init__(self, config: PoolConfig | Mapping[str, Any] | None = None, /, **options: Any):
+    def __init__(
+        self,
+        config: PoolConfig | Mapping[str, Any] | None = None,
+        /,
+        **options: Unpack[PoolOptions],
+    ):
         if config is None:
             cfg = PoolConfig.model_validate(options)
         elif isinstance(config, PoolConfig):
@@ -939,12 +946,7 @@ class WebSocketPool:
             )
         return result
 
-    def on(self, event: str, callback: Callable[..., Any]) -> Callable[..., Any]:
-        """Call ``callback`` (sync or async) on ``event``; see ``wsclient.events.EVENTS``."""
-        return self._events.on(event, callback)
-
-    def off(self, event: str, callback: Callable[..., Any]) -> None:
-        self._events.off(event, callback)
+    # on() / off(): typed per event in EventSource (listeners.py).
 
     # ------------------------------------------------------------------ membership
 

@@ -1,6 +1,6 @@
 """pytest fixtures for :mod:`wsclient.testing` (loaded automatically as the ``wsclient`` plugin).
 
-Installing ``wsclient`` registers this module as a pytest plugin, so any project can use
+Installing ``wsclient-pool`` registers this module as a pytest plugin, so any project can use
 these fixtures without copying code (``pytest-asyncio`` must be installed):
 
 ``wsclient_backend``
@@ -30,8 +30,9 @@ factories are also available as async context managers, :func:`backends_factory`
 :func:`fault_proxy_factory` and :func:`interop_server_factory`, for code that does not use
 pytest fixtures.
 
-Example::
+Example (the marker is needed in pytest-asyncio's default strict mode)::
 
+    @pytest.mark.asyncio
     async def test_failover(wsclient_backends, wsclient_fault_proxy):
         primary, spare = await wsclient_backends(2)
         proxy = await wsclient_fault_proxy(primary)
