@@ -35,6 +35,19 @@ from wsclient.errors import (
     WSClientError,
 )
 from wsclient.event_names import EVENTS
+from wsclient.messaging import (
+    Broadcaster,
+    Envelope,
+    JsonEnvelope,
+    Multiplexer,
+    RateLimit,
+    Reconnected,
+    RouteContext,
+    RouteError,
+    Router,
+    Session,
+    log_messages,
+)
 from wsclient.pool import WebSocketPool
 
 __version__ = "0.1.0"
@@ -48,6 +61,7 @@ __all__ = [
     "BackoffConfig",
     "Balancer",
     "BearerAuth",
+    "Broadcaster",
     "CircuitBreakerConfig",
     "CloseCode",
     "ConnectError",
@@ -56,19 +70,29 @@ __all__ = [
     "ConnectionOptions",
     "ConnectionReleasedError",
     "ConnectionState",
+    "Envelope",
     "HealthCheckConfig",
     "HeartbeatConfig",
+    "JsonEnvelope",
     "Message",
     "MessageTooBigError",
     "MessageType",
+    "Multiplexer",
     "NoHealthyBackendError",
     "PoolClosedError",
     "PoolConfig",
     "PoolMisuseError",
+    "RateLimit",
+    "Reconnected",
+    "RouteContext",
+    "RouteError",
+    "Router",
+    "Session",
     "WSClientError",
     "WebSocketPool",
     "balancer_names",
     "connect",
     "describe_close_code",
+    "log_messages",
     "register_balancer",
 ]

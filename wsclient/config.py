@@ -431,6 +431,8 @@ class PoolConfig(ConnectionOptions):
     """Seconds over which a recovered backend's weight ramps from 10 % to 100 %."""
     on_idle_message: Literal["discard", "close"] = "discard"
     """What to do with a data message that arrives on an idle pooled connection."""
+    init: Callable[[Any], Awaitable[Any]] | None = None
+    """``async init(conn)`` run once on every new connection before its first lease."""
 
     @field_validator("backends", mode="before")
     @classmethod
