@@ -153,7 +153,9 @@ async def test_unsolicited_messages_go_to_the_handler(
     """A message with no waiter (a server push) goes to on_unsolicited, not to a request."""
     pool = await make_pool(servers[:1], max_connections=2)
     seen: list[tuple[Any, str]] = []
-    mux = Multiplexer(pool, on_unsolicited=lambda value, conn: seen.append((value, conn.backend_id)))
+    mux = Multiplexer(
+        pool, on_unsolicited=lambda value, conn: seen.append((value, conn.backend_id))
+    )
     assert (await mux.request({"q": 1}))["q"] == 1
     await servers[0].push('{"event": "tick"}')
     await servers[0].push("not json")
@@ -201,7 +203,9 @@ async def test_pool_close_fails_in_flight_requests_and_returns_leases(
     pool = await make_pool(servers[:1], max_connections=4, close_timeout=0.3)
     servers[0].stall_after_handshake()
     pending = [asyncio.create_task(pool.request({"n": n}, timeout=10)) for n in range(10)]
-    await until(lambda: pool._multiplexer is not None and pool._multiplexer.stats["in_flight"] == 10)
+    await until(
+        lambda: pool._multiplexer is not None and pool._multiplexer.stats["in_flight"] == 10
+    )
     await pool.close(timeout=1.0)
     results = await asyncio.gather(*pending, return_exceptions=True)
     assert all(isinstance(r, ConnectionClosedError) for r in results), results
