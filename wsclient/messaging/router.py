@@ -26,6 +26,8 @@ details are pydantic's errors without the input values), ``internal_error``
 (raised by a handler or a middleware: ``rate_limited``, ``unauthorized``...).
 ``Router(error_reply=...)`` replaces the envelope builder (return None for no
 reply), ``Router(unknown_route="ignore")`` leaves unknown routes unanswered.
+An incoming ``"type": "error"`` message with no route of its own is never
+answered (two routers would otherwise trade error envelopes forever).
 
 Middleware wraps every dispatch, outermost first: ``async def mw(ctx,
 call_next)`` returns ``await call_next(ctx)`` (or a reply of its own, or
@@ -169,8 +171,8 @@ class Router:
         except _Invalid as exc:
             return self._error(ctx, "invalid_data", "data failed validation", exc.details)
         except _Unknown:
-            if self._unknown == "ignore":
-                return None
+            if self._unknown == "ignore" or ctx.type == "error":
+                return None  # an error is never answered with an error: no ping-pong
             return self._error(ctx, "unknown_route", f"no handler for {ctx.route}", [])
         except Exception:
             logger.exception("handler for %s failed", ctx.route)
