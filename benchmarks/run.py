@@ -14,6 +14,9 @@ process (see ``_servers.py``), so this process's event loop is the client alone:
 6. pool_costs    ``pool_costs.py`` in a child process: acquire+release vs a Queue pair,
                  2,000 queued acquires, membership changes and picks up to 10,000
                  backends (its JSON is embedded under ``"pool_costs"``).
+7. request      ``request_vs_acquire.py`` in a child process: pool.request vs
+                 acquire/send/receive/release, 256 callers over 8 connections
+                 (its JSON is embedded under ``"request_vs_acquire"``).
 
 Results: ``benchmarks/results/bench-<UTC timestamp>.json`` and ``latest.json``; a table on
 stdout. ``--quick`` is a ~50 s smoke run; ``--profile`` runs cProfile over one pooled and
@@ -1019,6 +1022,7 @@ SCENARIOS: tuple[str, ...] = (
     "failover",
     "memory",
     "pool_costs",
+    "request",
 )
 
 
@@ -1068,6 +1072,12 @@ async def run_suite(s: Settings, only: frozenset[str]) -> dict[str, Any]:
     if "pool_costs" in only:
         log("6. pool costs (pool_costs.py)")
         res["pool_costs"] = bench_pool_costs(s)
+    if "request" in only:  # scenario 7: its own script, in a child (request_vs_acquire.py)
+        log("7. pool.request vs acquire/send/receive/release (request_vs_acquire.py)")
+        out = RESULTS / "request_vs_acquire.json"
+        cmd = [sys.executable, str(HERE / "request_vs_acquire.py"), "--json", str(out)]
+        subprocess.run(cmd + (["--quick"] if s.quick else []), check=True)
+        res["request_vs_acquire"] = json.loads(out.read_text())
     res["environment"]["loadavg_end"] = list(os.getloadavg())
     res["environment"]["suite_seconds"] = round(time.monotonic() - t_start, 1)
     return res

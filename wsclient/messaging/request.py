@@ -27,7 +27,6 @@ import collections
 import itertools
 import json
 import logging
-import time
 from collections.abc import Callable, Hashable
 from typing import Any, Protocol
 
@@ -181,14 +180,14 @@ class Multiplexer:
         limit = self._timeout if timeout is None else timeout
         if limit != limit:
             raise ValueError("request() timeout must be a number of seconds or None, not NaN")
-        deadline = time.monotonic() + limit
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + limit
         request_id = next(self._ids)
         payload = self._envelope.encode(message, request_id)
         if not self._attached:
             self._attached = True
             self._pool._attach_client(self)
         self._stats["requests"] += 1
-        loop = asyncio.get_running_loop()
         while True:
             channel = await self._channel(key, deadline)
             conn = channel.conn
@@ -199,15 +198,21 @@ class Multiplexer:
             future: asyncio.Future[Any] = loop.create_future()
             channel.waiting[request_id] = future
             try:
-                remaining = deadline - time.monotonic()
+                remaining = deadline - loop.time()
                 if remaining <= 0:
                     raise TimeoutError
-                await conn.send(payload, timeout=remaining)
-                remaining = deadline - time.monotonic()
-                if remaining <= 0 and not future.done():
-                    raise TimeoutError
-                async with asyncio.timeout(remaining):
+                if conn.buffered_amount == 0:
+                    # Nothing waits to drain, so this send cannot suspend (and cannot be
+                    # cancelled half way); skipping the bounded path saves a task per request.
+                    await conn.send(payload)
+                else:
+                    await conn.send(payload, timeout=remaining)
+                # One timer, not an asyncio.timeout() scope: this is the hot path.
+                timer = loop.call_at(deadline, _time_out, future)
+                try:
                     reply = await future
+                finally:
+                    timer.cancel()
             except ConnectionReleasedError:
                 # The channel was retired between picking and writing: never sent.
                 channel.waiting.pop(request_id, None)
@@ -260,7 +265,7 @@ class Multiplexer:
             if not channel.ready.done():
                 channel.reserved += 1
                 try:
-                    async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
+                    async with asyncio.timeout_at(deadline):
                         await asyncio.shield(channel.ready)
                 finally:
                     channel.reserved -= 1
@@ -339,6 +344,8 @@ class Multiplexer:
                     if future is not None:
                         if not future.done():
                             future.set_result(value)
+                        else:  # timed out this very loop iteration
+                            self._stats["late_replies"] += 1
                         continue
                     if rid in channel.expired:
                         del channel.expired[rid]
@@ -406,6 +413,11 @@ class Multiplexer:
             task.cancel()
         if tasks:
             await asyncio.wait(tasks)
+
+
+def _time_out(future: asyncio.Future[Any]) -> None:
+    if not future.done():
+        future.set_exception(TimeoutError())
 
 
 async def _logged(coro: Any) -> None:
