@@ -128,10 +128,13 @@ def fmt_table(res: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="3 short rounds per arm")
+    parser.add_argument("--smoke", action="store_true", help=argparse.SUPPRESS)  # tests
     parser.add_argument("--json", type=Path, default=DEFAULT_JSON, help="JSON output path")
     args = parser.parse_args(argv)
     logging.getLogger("wsclient").setLevel(logging.ERROR)
-    rounds, seconds, warmup = (3, 0.6, 0.2) if args.quick else (7, 2.0, 0.3)
+    rounds, seconds, warmup = (
+        (1, 0.2, 0.05) if args.smoke else (3, 0.6, 0.2) if args.quick else (7, 2.0, 0.3)
+    )
     res = asyncio.run(run(rounds, seconds, warmup))
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(res, indent=2) + "\n")

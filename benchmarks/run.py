@@ -1036,6 +1036,15 @@ def bench_pool_costs(s: Settings) -> dict[str, Any]:
     return result
 
 
+def bench_request(s: Settings) -> dict[str, Any]:
+    """Scenario 7 is its own script too, run as a child; its table goes to our stdout."""
+    out = RESULTS / "request_vs_acquire.json"
+    cmd = [sys.executable, str(HERE / "request_vs_acquire.py"), "--json", str(out)]
+    subprocess.run(cmd + (["--quick"] if s.quick else []), check=True)
+    result: dict[str, Any] = json.loads(out.read_text())
+    return result
+
+
 async def run_suite(s: Settings, only: frozenset[str]) -> dict[str, Any]:
     res: dict[str, Any] = {
         "mode": "quick" if s.quick else "full",
@@ -1072,12 +1081,9 @@ async def run_suite(s: Settings, only: frozenset[str]) -> dict[str, Any]:
     if "pool_costs" in only:
         log("6. pool costs (pool_costs.py)")
         res["pool_costs"] = bench_pool_costs(s)
-    if "request" in only:  # scenario 7: its own script, in a child (request_vs_acquire.py)
+    if "request" in only:
         log("7. pool.request vs acquire/send/receive/release (request_vs_acquire.py)")
-        out = RESULTS / "request_vs_acquire.json"
-        cmd = [sys.executable, str(HERE / "request_vs_acquire.py"), "--json", str(out)]
-        subprocess.run(cmd + (["--quick"] if s.quick else []), check=True)
-        res["request_vs_acquire"] = json.loads(out.read_text())
+        res["request_vs_acquire"] = bench_request(s)
     res["environment"]["loadavg_end"] = list(os.getloadavg())
     res["environment"]["suite_seconds"] = round(time.monotonic() - t_start, 1)
     return res
