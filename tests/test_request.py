@@ -21,6 +21,7 @@ from wsclient import (
     WebSocketPool,
 )
 from wsclient.testing import BackendProcess, BackendServer
+from wsclient.testing.interop import InteropServer
 
 from .conftest import FAST, PoolFactory, until
 
@@ -115,6 +116,7 @@ async def test_killed_backend_fails_exactly_its_in_flight_requests(
         await processes[1].kill()
         killed.set()
         await until(lambda: ok_after_kill > 2000, timeout=20)
+        assert all(c.backend_id != "b1" for c in mux._channels)  # its connections retired
         stop.set()
         await asyncio.gather(*tasks)
         stats = mux.stats
@@ -127,8 +129,38 @@ async def test_killed_backend_fails_exactly_its_in_flight_requests(
     assert stats["failed"] == len(failed)
     assert stats["requests"] == ok["all"] + len(failed)
     assert stats["late_replies"] == stats["unsolicited"] == stats["timeouts"] == 0
-    assert len(failed) <= 256  # at most the callers in flight at the kill
     assert pool.size == 0
+
+
+async def test_requests_against_uvicorn_through_its_graceful_shutdown() -> None:
+    """The id survives a server wsclient did not write (uvicorn; the websockets server is
+    examples/rpc.py's); its graceful shutdown (1012) fails exactly what was in flight on
+    it, and later requests are served by the other server."""
+    async with (
+        InteropServer("uvicorn") as a,
+        InteropServer("uvicorn") as b,
+        _pool([a.url, b.url], min_connections=4) as pool,
+    ):
+        replies = await asyncio.gather(*(pool.request({"n": n}) for n in range(200)))
+        assert [r["n"] for r in replies] == list(range(200))
+        # A slow stream keeps requests in flight on both servers while one shuts down.
+        mux = pool._multiplexer
+        assert mux is not None
+        assert {c.backend_id for c in mux._channels} == {"b0", "b1"}
+        owed = [
+            asyncio.create_task(pool.request({"op": "count", "n": 1, "delay": 0.3}))
+            for _ in range(8)  # one server handles a connection's messages in turn
+        ]
+        await until(lambda: mux.stats["in_flight"] == 8)
+        on_a = sum(len(c.waiting) for c in mux._channels if c.backend_id == "b0")
+        await a.terminate()
+        outcomes = await asyncio.gather(*owed, return_exceptions=True)
+        closed = [o for o in outcomes if isinstance(o, ConnectionClosedError)]
+        assert all(isinstance(o, dict | ConnectionClosedError) for o in outcomes), outcomes
+        assert len(closed) == on_a > 0  # exactly those in flight on the server shut down
+        assert {c.code for c in closed} <= {1001, 1012}
+        after = await asyncio.gather(*(pool.request({"n": n}, timeout=5) for n in range(50)))
+        assert [r["n"] for r in after] == list(range(50))
 
 
 async def test_timed_out_request_late_reply_is_dropped_and_counted(

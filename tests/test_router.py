@@ -145,3 +145,24 @@ def test_route_registration_errors() -> None:
     with pytest.raises(TypeError, match="async"):
         router.route("chat", "sync")(lambda data, ctx: None)  # type: ignore[arg-type,return-value]
     assert router.routes == ["chat.send", "chat.boom"]
+
+
+async def test_conn_serve_dispatches_until_the_peer_closes(
+    servers: list[BackendServer], make_pool: PoolFactory
+) -> None:
+    """conn.serve(router) on a pooled connection returns when the backend closes with 1000."""
+    pool = await make_pool(servers[:1], min_connections=0)
+    router = Router()
+    got: list[str] = []
+
+    @router.route("feed", "item")
+    async def item(data: Any, ctx: RouteContext) -> None:
+        got.append(data)
+
+    async with pool.acquire() as conn:
+        serving = asyncio.create_task(conn.serve(router))
+        await servers[0].push(json.dumps({"type": "feed", "action": "item", "data": "a"}))
+        await servers[0].push(json.dumps({"type": "feed", "action": "item", "data": "b"}))
+        await until(lambda: got == ["a", "b"])
+        await servers[0].close_all(1000, "done")
+        await asyncio.wait_for(serving, 5)  # ends normally on a 1000 close

@@ -257,7 +257,11 @@ class Session:
         queue = self._queue
         while True:
             data = await queue.peek()
-            conn = await self._current()
+            try:
+                conn = await self._current()
+            except ConnectionClosedError:
+                return  # the session closed
+
             try:
                 await conn.send(data)
             except _LOST as exc:

@@ -115,6 +115,9 @@ class _State:
             start = int(msg.get("start", 0))
             interval = float(msg.get("interval", 0.0))
             extra = {"id": msg["id"]} if "id" in msg else {}
+            delay = float(msg.get("delay", 0.0))
+            if delay > 0:
+                await asyncio.sleep(delay)  # a reply still owed when the server shuts down
             for seq in range(start, start + n):
                 await send(json.dumps({**extra, "seq": seq}))
                 if interval > 0:
