@@ -111,3 +111,16 @@ async def test_pool_closing_during_init_leaks_nothing(servers: list[BackendServe
         await acquiring
     assert pool.size == 0
     await servers[0].wait_until(lambda: servers[0].open_connections == 0)
+
+
+def test_init_option_is_validated_and_named_in_dumps() -> None:
+    """A non-callable init is refused naming the field; a dump names the hook."""
+    import pydantic
+
+    from wsclient import PoolConfig
+
+    async def login(conn: Connection) -> None: ...
+
+    with pytest.raises(pydantic.ValidationError, match="init"):
+        PoolConfig(init="not callable")  # type: ignore[arg-type]
+    assert PoolConfig(init=login).model_dump(mode="json")["init"].endswith("login")

@@ -19,6 +19,7 @@ from pydantic import (
     ConfigDict,
     Field,
     SecretStr,
+    field_serializer,
     field_validator,
     model_validator,
 )
@@ -433,6 +434,11 @@ class PoolConfig(ConnectionOptions):
     """What to do with a data message that arrives on an idle pooled connection."""
     init: Callable[[Any], Awaitable[Any]] | None = None
     """``async init(conn)`` run once on every new connection before its first lease."""
+
+    @field_serializer("init")
+    def _init_name(self, value: Callable[[Any], Awaitable[Any]] | None) -> str | None:
+        # A dump (JSON, a status page) names the hook instead of failing on a function.
+        return None if value is None else getattr(value, "__qualname__", type(value).__name__)
 
     @field_validator("backends", mode="before")
     @classmethod
