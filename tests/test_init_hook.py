@@ -122,5 +122,5 @@ def test_init_option_is_validated_and_named_in_dumps() -> None:
     async def login(conn: Connection) -> None: ...
 
     with pytest.raises(pydantic.ValidationError, match="init"):
-        PoolConfig(init="not callable")  # type: ignore[arg-type]
+        PoolConfig(init="not callable")
     assert PoolConfig(init=login).model_dump(mode="json")["init"].endswith("login")
