@@ -80,7 +80,9 @@ async def test_killed_backend_fails_exactly_its_in_flight_requests(
 ) -> None:
     """SIGKILL under 256 callers: affected requests raise ConnectionClosedError, the rest
     get their own replies; nothing is lost or delivered twice."""
-    pool = _pool([p.url for p in processes], circuit_breaker={"failure_threshold": 2})
+    pool = _pool(
+        [p.url for p in processes], min_connections=3, circuit_breaker={"failure_threshold": 2}
+    )
     ok: Counter[str] = Counter()
     failed: list[ConnectionClosedError] = []
     other: list[BaseException] = []
@@ -111,8 +113,8 @@ async def test_killed_backend_fails_exactly_its_in_flight_requests(
         pool._multiplexer = mux  # the same object pool.request() makes, made visible
         tasks = [asyncio.create_task(caller(i)) for i in range(CALLERS)]
         await until(lambda: ok["all"] > 2000, timeout=20)
-        on_b1 = [c for c in mux._channels if c.backend_id == "b1" and c.waiting]
-        assert on_b1, "the killed backend carried requests"
+        # The killed backend carries requests at the moment it dies.
+        await until(lambda: any(c.backend_id == "b1" and c.waiting for c in mux._channels))
         await processes[1].kill()
         killed.set()
         await until(lambda: ok_after_kill > 2000, timeout=20)

@@ -149,7 +149,17 @@ class Multiplexer:
         self._closed = False
         self._attached = False
         self._stats = dict.fromkeys(
-            ("requests", "replies", "failed", "timeouts", "late_replies", "unsolicited"), 0
+            (
+                "requests",
+                "replies",
+                "failed",
+                "timeouts",
+                "not_sent",
+                "cancelled",
+                "late_replies",
+                "unsolicited",
+            ),
+            0,
         )
 
     def __repr__(self) -> str:
@@ -161,8 +171,9 @@ class Multiplexer:
 
     @property
     def stats(self) -> dict[str, int]:
-        """Counters: requests, replies, failed, timeouts, late_replies, unsolicited; and
-        the current ``connections`` and ``in_flight``."""
+        """Counters: requests, replies, failed (connection died), timeouts, not_sent (no
+        connection could be leased), cancelled, late_replies, unsolicited; and the current
+        ``connections`` and ``in_flight``."""
         return {
             **self._stats,
             "connections": sum(c.conn is not None and not c.dead for c in self._channels),
@@ -189,7 +200,19 @@ class Multiplexer:
             self._pool._attach_client(self)
         self._stats["requests"] += 1
         while True:
-            channel = await self._channel(key, deadline)
+            try:
+                channel = await self._channel(key, deadline)
+            except TimeoutError:
+                self._stats["timeouts"] += 1
+                raise TimeoutError(
+                    f"no connection for request {request_id} within {limit} s"
+                ) from None
+            except asyncio.CancelledError:
+                self._stats["cancelled"] += 1
+                raise
+            except BaseException:
+                self._stats["not_sent"] += 1  # no connection could be leased for it
+                raise
             conn = channel.conn
             assert conn is not None
             if not conn.connected:
@@ -229,6 +252,7 @@ class Multiplexer:
                 raise TimeoutError(f"no reply to request {request_id} within {limit} s") from None
             except BaseException:
                 self._expire(channel, request_id, future)  # cancelled: a reply may still come
+                self._stats["cancelled"] += 1
                 raise
             self._stats["replies"] += 1
             return reply
