@@ -10,6 +10,8 @@ from typing import Any
 
 import pydantic
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from wsclient import RateLimit, RouteContext, RouteError, Router, log_messages
 from wsclient.testing import BackendServer
@@ -166,3 +168,28 @@ async def test_conn_serve_dispatches_until_the_peer_closes(
         await until(lambda: got == ["a", "b"])
         await servers[0].close_all(1000, "done")
         await asyncio.wait_for(serving, 5)  # ends normally on a 1000 close
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.one_of(
+        st.text(max_size=200),
+        st.binary(max_size=50),
+        st.recursive(
+            st.none() | st.booleans() | st.integers() | st.text(max_size=10),
+            lambda kids: (
+                st.lists(kids, max_size=4)
+                | st.dictionaries(
+                    st.sampled_from(["type", "action", "data", "id", "x"]), kids, max_size=5
+                )
+            ),
+            max_leaves=12,
+        ).map(json.dumps),
+    )
+)
+def test_dispatch_never_raises_and_answers_with_an_envelope(raw: str | bytes) -> None:
+    """Whatever arrives, dispatch() returns None or a {type, action, data} JSON object."""
+    reply = asyncio.run(_router().dispatch(raw))
+    if reply is not None:
+        obj = json.loads(reply)
+        assert {"type", "action", "data"} <= set(obj)
