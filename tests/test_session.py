@@ -194,3 +194,16 @@ async def test_closed_session_refuses_use_and_pool_close_ends_sessions(
     assert session.closed and pool.size == 0
     with pytest.raises(ConnectionClosedError):
         await session.send("x")
+
+
+async def test_bad_session_options_are_refused(
+    servers: list[BackendServer], make_pool: PoolFactory
+) -> None:
+    """Options are checked when the session is made, naming the option."""
+    pool = await make_pool(servers[:1], min_connections=0)
+    with pytest.raises(ValueError, match="max_buffered"):
+        pool.session(max_buffered=0)
+    with pytest.raises(ValueError, match="send_timeout"):
+        pool.session(send_timeout=0)
+    with pytest.raises(RuntimeError, match="not open"):
+        await pool.session().send("x")

@@ -103,6 +103,10 @@ class Session:
             jitter=r.jitter,
             max_delay=r.max_delay,
         )
+        if not isinstance(max_buffered, int) or max_buffered < 1:
+            raise ValueError(
+                f"max_buffered must be an int of at least 1 byte, got {max_buffered!r}"
+            )
         self._queue = SendQueue(max_buffered)
         self._conn: Connection | None = None
         self._ready = asyncio.Event()
@@ -126,7 +130,11 @@ class Session:
         if self._started:
             raise RuntimeError("this session is already open")
         self._started = True
-        conn = await self._pool.acquire(key=self._key)
+        try:
+            conn = await self._pool.acquire(key=self._key)
+        except BaseException:
+            self._closed = True  # a session is opened once; make a new one to retry
+            raise
         try:
             if self._on_connect is not None:
                 async with asyncio.timeout(self._connect_timeout):
