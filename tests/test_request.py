@@ -245,3 +245,23 @@ async def test_pool_close_fails_in_flight_requests_and_returns_leases(
     assert all(isinstance(r, ConnectionClosedError) for r in results), results
     assert pool.size == 0
     servers[0].stall_after_handshake(False)
+
+
+class _PipeEnvelope:
+    """Another envelope: ``"<id>|<text>"`` frames, no JSON at all."""
+
+    def encode(self, message: Any, request_id: int) -> str:
+        return f"{request_id}|{message}"
+
+    def decode(self, message: Message) -> tuple[Any, Any]:
+        head, _, body = str(message.data).partition("|")
+        return (int(head), body) if head.isdigit() else (None, message.data)
+
+
+async def test_any_envelope_plugs_in(servers: list[BackendServer], make_pool: PoolFactory) -> None:
+    """An object with encode/decode replaces the JSON envelope; ids still route replies."""
+    pool = await make_pool(servers[:1], max_connections=4)
+    mux = Multiplexer(pool, envelope=_PipeEnvelope())
+    replies = await asyncio.gather(*(mux.request(f"msg-{n}") for n in range(64)))
+    assert replies == [f"msg-{n}" for n in range(64)]
+    await mux.aclose()
