@@ -14,6 +14,9 @@ process (see ``_servers.py``), so this process's event loop is the client alone:
 6. pool_costs    ``pool_costs.py`` in a child process: acquire+release vs a Queue pair,
                  2,000 queued acquires, membership changes and picks up to 10,000
                  backends (its JSON is embedded under ``"pool_costs"``).
+7. request      ``request_vs_acquire.py`` in a child process: pool.request vs
+                 acquire/send/receive/release, 256 callers over 8 connections
+                 (its JSON is embedded under ``"request_vs_acquire"``).
 
 Results: ``benchmarks/results/bench-<UTC timestamp>.json`` and ``latest.json``; a table on
 stdout. ``--quick`` is a ~50 s smoke run; ``--profile`` runs cProfile over one pooled and
@@ -1019,6 +1022,7 @@ SCENARIOS: tuple[str, ...] = (
     "failover",
     "memory",
     "pool_costs",
+    "request",
 )
 
 
@@ -1028,6 +1032,15 @@ def bench_pool_costs(s: Settings) -> dict[str, Any]:
     out = RESULTS / "pool_costs.json"
     cmd = [sys.executable, str(HERE / "pool_costs.py"), "--json", str(out)]
     subprocess.run(cmd + (["--quick"] if s.quick else []), stdout=subprocess.DEVNULL, check=True)
+    result: dict[str, Any] = json.loads(out.read_text())
+    return result
+
+
+def bench_request(s: Settings) -> dict[str, Any]:
+    """Scenario 7 is its own script too, run as a child; its table goes to our stdout."""
+    out = RESULTS / "request_vs_acquire.json"
+    cmd = [sys.executable, str(HERE / "request_vs_acquire.py"), "--json", str(out)]
+    subprocess.run(cmd + (["--quick"] if s.quick else []), check=True)
     result: dict[str, Any] = json.loads(out.read_text())
     return result
 
@@ -1068,6 +1081,9 @@ async def run_suite(s: Settings, only: frozenset[str]) -> dict[str, Any]:
     if "pool_costs" in only:
         log("6. pool costs (pool_costs.py)")
         res["pool_costs"] = bench_pool_costs(s)
+    if "request" in only:
+        log("7. pool.request vs acquire/send/receive/release (request_vs_acquire.py)")
+        res["request_vs_acquire"] = bench_request(s)
     res["environment"]["loadavg_end"] = list(os.getloadavg())
     res["environment"]["suite_seconds"] = round(time.monotonic() - t_start, 1)
     return res

@@ -20,6 +20,7 @@ from pydantic import (
     ConfigDict,
     Field,
     SecretStr,
+    field_serializer,
     field_validator,
     model_validator,
 )
@@ -468,6 +469,13 @@ class PoolConfig(ConnectionOptions):
     """Seconds over which a recovered backend's weight ramps from 10 % to 100 %."""
     on_idle_message: Literal["discard", "close"] = "discard"
     """What to do with a data message that arrives on an idle pooled connection."""
+    init: Callable[[Any], Awaitable[Any]] | None = None
+    """``async init(conn)`` run once on every new connection before its first lease."""
+
+    @field_serializer("init")
+    def _init_name(self, value: Callable[[Any], Awaitable[Any]] | None) -> str | None:
+        # A dump (JSON, a status page) names the hook instead of failing on a function.
+        return None if value is None else getattr(value, "__qualname__", type(value).__name__)
 
     @field_validator("backends", mode="before")
     @classmethod

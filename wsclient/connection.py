@@ -39,7 +39,7 @@ import ssl
 import struct
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
-from typing import Any, NamedTuple, Unpack
+from typing import Any, NamedTuple, Protocol, Unpack
 
 import aiohttp
 from aiohttp import WSMsgType
@@ -500,6 +500,12 @@ def _to_message(msg: aiohttp.WSMessage) -> Message:
     return Message(MessageType.BINARY, msg.data)
 
 
+class _Serves(Protocol):
+    """What ``Connection.serve()`` runs: a ``wsclient.Router``, or anything alike."""
+
+    async def serve(self, source: Connection) -> None: ...
+
+
 class Connection:
     """A WebSocket connection: send, receive, ping, close.
 
@@ -572,6 +578,16 @@ class Connection:
     @property
     def released(self) -> bool:
         return self._link is None
+
+    @property
+    def buffered_amount(self) -> int:
+        """Bytes handed to the socket but not yet on the wire (0 once closed or released)."""
+        link = self._link
+        if link is None or link.ws.closed:
+            return 0
+        # aiohttp keeps the transport on its frame writer; there is no public accessor.
+        transport = getattr(getattr(link.ws, "_writer", None), "transport", None)
+        return int(transport.get_write_buffer_size()) if transport is not None else 0
 
     def __repr__(self) -> str:
         link = self._link
@@ -756,6 +772,10 @@ class Connection:
     def drop(self) -> None:
         """Close the TCP connection at once, without a close handshake."""
         self._checked().drop()
+
+    async def serve(self, router: _Serves) -> None:
+        """Hand every incoming message to ``router`` (a ``wsclient.Router``) until closed."""
+        await router.serve(self)
 
     async def __aenter__(self) -> Connection:
         return self

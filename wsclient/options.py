@@ -10,8 +10,8 @@ nested option, any sequence of backends); the pydantic models in
 """
 
 import ssl
-from collections.abc import Mapping, Sequence
-from typing import Literal, Required, TypeAlias, TypedDict
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any, Literal, Required, TypeAlias, TypedDict
 
 from pydantic import SecretStr
 
@@ -116,3 +116,4 @@ class PoolOptions(ConnectionOptionsDict, total=False):
     panic_threshold: float | None
     slow_start: float | None
     on_idle_message: Literal["discard", "close"]
+    init: Callable[[Any], Awaitable[Any]] | None  # async init(conn: Connection)

@@ -72,6 +72,9 @@ from wsclient.errors import (
 from wsclient.events import EventEmitter
 from wsclient.health import HealthChecker, ProbeResult
 from wsclient.listeners import EventSource
+from wsclient.messaging._pool import Closable
+from wsclient.messaging.request import Multiplexer
+from wsclient.messaging.session import OnConnect, Session
 from wsclient.options import PoolOptions
 from wsclient.state import LocalStateStore
 
@@ -260,6 +263,8 @@ class WebSocketPool(EventSource):
         self._breaker_timers: dict[str, asyncio.TimerHandle] = {}
         self._health = HealthChecker(cfg.health_check, lambda: self._session, self._on_probe)
         self._idle_messages = 0
+        self._clients: set[Closable] = set()  # sessions and multiplexers holding leases
+        self._multiplexer: Multiplexer | None = None
         now = time.monotonic()
         for backend in cfg.backends:
             self._register(backend, now)
@@ -442,6 +447,9 @@ class WebSocketPool(EventSource):
         for link in list(self._validating):
             link.drop()  # ends its pong wait: the acquire sees the pool closing
         try:
+            # Sessions and the multiplexer hold leases for good: they give them back first.
+            for client in list(self._clients):
+                await client.aclose()
             await self._health.stop()
             await self._stop_maintenance()
             if self._core.leased_total and wait_for_leases > 0 and self._all_returned is not None:
@@ -797,6 +805,8 @@ class WebSocketPool(EventSource):
             link = await open_link(
                 self._session, url, self._options[backend_id], backend_id=backend_id
             )
+            if self.config.init is not None:
+                await self._run_init(link, url)
         except ConnectError as exc:
             logger.info(
                 "connect to backend %s failed: %s",
@@ -830,6 +840,38 @@ class WebSocketPool(EventSource):
         link.pool_backend = slot
         link.expires_at = slot.expires_at
         self._run()
+
+    async def _run_init(self, link: _Link, url: str) -> None:
+        """The ``init=`` hook on a fresh link, bounded by ``connect_timeout``.
+
+        A raising (or overrunning) hook drops the link and raises ``ConnectError``:
+        the open counts as a failed connect for the backend. The hook's own message
+        is not repeated (it may quote a credential); its type is.
+        """
+        init = self.config.init
+        assert init is not None
+        conn = Connection(link, release_hint="init")
+        limit = self._options[link.backend_id].connect_timeout
+        reason = ""
+        try:
+            async with asyncio.timeout(limit):
+                await init(conn)
+            if link.state is not _OPEN or link.ws.closed:
+                reason = "the connection closed during init"
+            elif link.reading or link.dirty:
+                reason = "init left a receive() outstanding"
+        except TimeoutError:
+            reason = f"init did not finish within connect_timeout={limit} s"
+        except Exception as exc:
+            reason = f"init raised {type(exc).__name__}"
+        except BaseException:
+            link.drop()  # cancelled (pool closing): the open is abandoned
+            raise
+        finally:
+            conn._detach()
+        if reason:
+            link.drop()
+            raise ConnectError(url, reason)
 
     def _start_close(self, slot: Slot[_Link], code: int | None, reason: str) -> None:
         link = slot.link
@@ -1106,6 +1148,41 @@ class WebSocketPool(EventSource):
         self._core.expire_all()
         if self._wakeup is not None:
             self._wakeup.set()
+
+    # ------------------------------------------------------------------ messaging (SPEC §5)
+
+    def session(
+        self, key: str | None = None, on_connect: OnConnect | None = None, **options: Any
+    ) -> Session:
+        """A stream that survives failover: ``async with pool.session(...) as s``.
+
+        ``options``: ``send_timeout`` (30 s), ``max_buffered`` (1 MiB of queued
+        messages), ``connect_timeout`` (the pool's); see ``wsclient.Session``.
+        """
+        return Session(self, key, on_connect, **options)
+
+    async def request(
+        self, message: Any, timeout: float | None = None, key: str | None = None
+    ) -> Any:
+        """Send ``message`` (a dict) with a correlation id, return the matching reply.
+
+        Multiplexed over shared connections (``wsclient.Multiplexer`` with its
+        defaults); ``timeout`` defaults to 30 s.
+        """
+        mux = self._multiplexer
+        if mux is None:
+            if self._state is not _RUNNING:
+                self._raise_not_running()
+            mux = self._multiplexer = Multiplexer(self)
+        return await mux.request(message, timeout, key)
+
+    def _attach_client(self, client: Closable) -> None:
+        if self._state is not _RUNNING:
+            self._raise_not_running()
+        self._clients.add(client)
+
+    def _detach_client(self, client: Closable) -> None:
+        self._clients.discard(client)
 
     # ------------------------------------------------------------------ test hooks
 

@@ -112,9 +112,13 @@ class _State:
         op = msg.get("op") if isinstance(msg, dict) else None
         if op == "count" and isinstance(msg, dict):
             n = int(msg.get("n", 0))
+            start = int(msg.get("start", 0))
             interval = float(msg.get("interval", 0.0))
             extra = {"id": msg["id"]} if "id" in msg else {}
-            for seq in range(n):
+            delay = float(msg.get("delay", 0.0))
+            if delay > 0:
+                await asyncio.sleep(delay)  # a reply still owed when the server shuts down
+            for seq in range(start, start + n):
                 await send(json.dumps({**extra, "seq": seq}))
                 if interval > 0:
                     # Pacing is the point here: a slow stream lets a test shut the

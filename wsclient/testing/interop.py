@@ -28,7 +28,9 @@ Every kind serves the same protocol:
     echoes text and binary messages verbatim (so a JSON ``"id"`` is preserved); a JSON
     text ``{"op": "count", "n": K}`` makes it send ``K`` messages ``{"seq": 0}`` ...
     ``{"seq": K-1}`` in order (with the request's ``"id"`` if it had one, and paced by an
-    optional ``"interval"`` in seconds, to shut down mid-stream);
+    optional ``"interval"`` in seconds, to shut down mid-stream; an optional ``"start": S``
+    numbers them ``S`` ... ``S+K-1``, so a reconnecting client can resume a feed; an
+    optional ``"delay"`` in seconds holds the first one back);
     ``{"op": "health", "status": 503}`` sets the ``/health`` status and is echoed back
     as the acknowledgement; ``{"op": "close", "code": C, "reason": R}`` makes the server
     close that WebSocket with ``C``.
