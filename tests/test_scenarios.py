@@ -660,6 +660,39 @@ async def test_weighted_shares_below_capacity(servers: list[BackendServer]) -> N
     assert within(shares, targets, 0.03), report
 
 
+@pytest.mark.parametrize("kind", ["inproc", "websockets"])
+async def test_a_burst_from_an_empty_pool_spreads_over_the_backends(kind: str) -> None:
+    """Concurrent acquires on a pool with no connection yet open on their own picks.
+
+    Each acquire that queued behind another used to pick once more for its open:
+    two picks per acquire, so round-robin over two backends sent every open of the
+    burst to the same one (a multiplexer's first connections, say).
+    """
+    async with contextlib.AsyncExitStack() as stack:
+        if kind == "inproc":
+            servers = [await stack.enter_async_context(BackendServer()) for _ in range(2)]
+            urls = [s.url for s in servers]
+        else:
+            interop = [
+                await stack.enter_async_context(InteropServer("websockets")) for _ in range(2)
+            ]
+            urls = [s.url for s in interop]
+        for strategy in ("round-robin", "weighted-round-robin"):
+            pool = WebSocketPool(
+                **FAST,
+                backends=[Backend(id=f"b{i}", url=u) for i, u in enumerate(urls)],
+                load_balancing=strategy,
+                min_connections=0,
+                max_connections=16,
+            )
+            async with pool:
+                conns = await asyncio.gather(*(pool.acquire(timeout=5) for _ in range(8)))
+                spread = Counter(c.backend_id for c in conns)
+                for c in conns:
+                    pool.release(c)
+            assert spread == {"b0": 4, "b1": 4}, (strategy, spread)
+
+
 # ----------------------------------------------------------------------------- 6. set_backends
 
 

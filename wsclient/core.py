@@ -519,7 +519,11 @@ class PoolCore(Generic[L]):
             pin = b if key is not None else None
         queue = self._pinned.get(b.id) if pin is not None else None
         if self._has_live(self._unpinned) or (queue is not None and self._has_live(queue)):
-            return self._queue(key, pin, None, now)  # FIFO: behind those already waiting
+            # FIFO: behind those already waiting. Its pick goes with it as the
+            # preferred backend of the open it may start: picking again there would
+            # take two picks per acquire, and with two backends round-robin would
+            # then send every open of a burst to the same one.
+            return self._queue(key, pin, None if pin is not None else b, now)
         slot = self._take_idle(b, now)
         if slot is not None:
             self._lease(slot)
