@@ -8,6 +8,8 @@
             reply = await conn.receive_json(timeout=5)
 """
 
+from typing import TYPE_CHECKING, Any
+
 from wsclient.backend import BackendHealth
 from wsclient.balancers import Balancer, balancer_names, register_balancer
 from wsclient.codes import CloseCode, ConnectionState, describe_close_code
@@ -35,7 +37,13 @@ from wsclient.errors import (
     WSClientError,
 )
 from wsclient.event_names import EVENTS
+from wsclient.fleet import SharedState
 from wsclient.pool import WebSocketPool
+from wsclient.resolvers import FileResolver, Resolver, ResolverError, StaticResolver
+
+if TYPE_CHECKING:
+    from wsclient.fleet.redis_state import RedisSharedState
+    from wsclient.resolvers.dns import DnsResolver
 
 __version__ = "0.1.0"
 
@@ -56,6 +64,8 @@ __all__ = [
     "ConnectionOptions",
     "ConnectionReleasedError",
     "ConnectionState",
+    "DnsResolver",
+    "FileResolver",
     "HealthCheckConfig",
     "HeartbeatConfig",
     "Message",
@@ -65,6 +75,11 @@ __all__ = [
     "PoolClosedError",
     "PoolConfig",
     "PoolMisuseError",
+    "RedisSharedState",
+    "Resolver",
+    "ResolverError",
+    "SharedState",
+    "StaticResolver",
     "WSClientError",
     "WebSocketPool",
     "balancer_names",
@@ -72,3 +87,17 @@ __all__ = [
     "describe_close_code",
     "register_balancer",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # Their extras (redis, dns) are imported on first use: ``import wsclient``
+    # works without them.
+    if name == "RedisSharedState":
+        from wsclient import fleet
+
+        return fleet.RedisSharedState
+    if name == "DnsResolver":
+        from wsclient import resolvers
+
+        return resolvers.DnsResolver
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
