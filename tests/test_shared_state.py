@@ -182,7 +182,7 @@ async def test_redis_killed_then_restarted(
         redis_server.start()
         started = time.monotonic()
         await until(
-            lambda: a.stats["shared_state_connected"] == 1 and b.stats["shared_state_connected"],
+            lambda: a.stats["shared_state_connected"] == b.stats["shared_state_connected"] == 1,
             timeout=5,
         )
         assert time.monotonic() - started < 5
@@ -236,7 +236,7 @@ async def test_keys_are_namespaced_expire_and_hold_no_secrets(
         await asyncio.sleep(0.3)  # probes ran and were written
         client = aioredis.Redis.from_url(redis_server.url, decode_responses=True)
         try:
-            keys = await client.keys("*")
+            keys = [str(k) for k in await client.keys("*")]
             assert keys and all(k.startswith(f"wsclient:{{{cluster}}}:") for k in keys), keys
             records = [k for k in keys if ":b:" in k]
             assert records
