@@ -152,3 +152,20 @@ async def test_static_resolver_resolves_once() -> None:
             assert conn.backend_id == server.url
     finally:
         await server.stop()
+
+
+def test_the_discovery_example_runs() -> None:
+    """examples/discovery.py runs as is and shows the pool following the file."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parent.parent
+    done = subprocess.run(
+        [sys.executable, str(root / "examples" / "discovery.py")],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=root,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "('b', 2)" in done.stdout and "not valid JSON" in done.stdout

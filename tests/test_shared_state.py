@@ -263,3 +263,23 @@ def test_bad_arguments_are_named() -> None:
         RedisSharedState("redis://x", cluster="c", timeout=float("nan"))
     state = RedisSharedState("redis://:hunter2@127.0.0.1:6390/0", cluster="c")
     assert "hunter2" not in repr(state) and "hunter2" not in str(state.status())
+
+
+def test_the_fleet_example_runs(redis_server: RedisServer) -> None:
+    """examples/fleet.py runs against a real Redis: B takes 'one' out through Redis."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    done = subprocess.run(
+        [sys.executable, str(root / "examples" / "fleet.py")],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=root,
+        env={**os.environ, "REDIS_URL": redis_server.url},
+    )
+    assert done.returncode == 0, done.stderr
+    assert "B saw 'one' open" in done.stdout and "'one': ('open', False)" in done.stdout
