@@ -27,11 +27,14 @@ async def main() -> None:
             async with WebSocketPool(resolver=resolver, health_check={"enabled": False}) as pool:
                 print("backends:", [x.id for x in pool.backends])
                 write(path, [{"id": "a", "url": a.url}, {"id": "b", "url": b.url, "weight": 2}])
-                while len(pool.backends) < 2:
-                    await asyncio.sleep(0.01)
+                added = asyncio.Event()
+                pool.on("backend-added", lambda backend_id: added.set())
+                await asyncio.wait_for(added.wait(), 5)
                 print("backends:", [(x.id, x.weight) for x in pool.backends])
                 path.write_text("{ not json")  # a broken edit: the last good list stays
-                while not pool.stats["resolver_failing"]:
+                for _ in range(500):  # the resolver fires no event: look, bounded
+                    if pool.stats["resolver_failing"]:
+                        break
                     await asyncio.sleep(0.01)
                 print("resolver error:", pool.fleet_status()["resolver"]["last_error"])
                 print("backends:", [x.id for x in pool.backends])
