@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from typing import Any
 
 from wsclient import Backend, RedisSharedState, WebSocketPool
 from wsclient.testing import BackendServer
@@ -19,7 +20,7 @@ async def main() -> None:
     url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
     async with BackendServer() as one, BackendServer() as two:
         backends = [Backend(id="one", url=one.url), Backend(id="two", url=two.url)]
-        options = {
+        options: dict[str, Any] = {
             "backends": backends,
             "health_check": {"enabled": False},
             "circuit_breaker": {"failure_threshold": 1},
