@@ -99,3 +99,14 @@ def test_a_closed_breaker_is_shared() -> None:
     for _, fields in sent:
         b.apply("b", fields)
     assert b.record("b").breaker_state == "closed"
+
+
+def test_a_resync_pushes_bad_news_only() -> None:
+    """After an outage the snapshot carries an open breaker and an ejection, never a 'closed'."""
+    clock = Clock(0.0)
+    store, _, _ = make(clock)
+    quiet = store.snapshot("b")
+    assert "br" not in quiet and "ej_ms" not in quiet and quiet["h"] is True
+    store.connect_failed("b", "refused", eject_until=3.0)
+    loud = store.snapshot("b")
+    assert loud["br"] == "open" and loud["br_ms"] == 10_000 and loud["ej_ms"] == 3_000

@@ -159,20 +159,26 @@ class SharedStore:
             self._send(backend_id, {"ej_ms": 0})
 
     def snapshot(self, backend_id: str) -> Update:
-        """This instance's whole view of one backend, as an update (a resync after an outage)."""
+        """This instance's view of one backend, pushed when Redis returns after an outage.
+
+        Bad news only: an open breaker or an ejection seen here while the
+        fleet could not hear of it is pushed; a closed breaker or no ejection
+        is not, so one instance's quiet outage never clears what another one
+        opened meanwhile (fresh probes and trials clear it).
+        """
         record = self._local.record(backend_id)
         now = self._clock()
-        state = record.breaker_state
         fields: Update = {
             "h": record.healthy,
             "pf": record.probe_failures,
             "ps": record.probe_successes,
             "lat": record.latency_ms,
             "err": record.last_error,
-            "ej_ms": _ms(record.ejected_until - now) if record.ejected_until > now else 0,
-            "br": "open" if state == "open" else "closed",
         }
-        if state == "open":
+        if record.ejected_until > now:
+            fields["ej_ms"] = _ms(record.ejected_until - now)
+        if record.breaker_state == "open":
+            fields["br"] = "open"
             fields["br_ms"] = _ms(record.breaker.remaining_open_time)
         return fields
 
