@@ -130,11 +130,16 @@ async def test_records_added_removed_under_traffic(
 
             # Hold a lease on .2, then take .2 out of DNS while it is out.
             gone_id = f"{NAME}@127.0.0.2:{port}"
-            while True:
-                held = await pool.acquire(timeout=2.0)
-                if held.backend_id == gone_id:
-                    break
-                pool.release(held)
+            async with asyncio.timeout(5):
+                while True:
+                    held = await pool.acquire(timeout=2.0)
+                    if held.backend_id == gone_id:
+                        break
+                    pool.release(held)
+                    # An acquire that finds an idle link never yields; a pick of .2
+                    # with no idle link there borrows one elsewhere. Let the traffic
+                    # (and the pool's growth) run between tries.
+                    await asyncio.sleep(0.002)
             dns_server.set_records(a_records("127.0.0.3", "127.0.0.4"))
             await until(lambda: gone_id not in pool.health_status(), timeout=INTERVAL + 1.0)
             await held.send("still here")

@@ -113,6 +113,17 @@ async def wait_for(predicate: Any, timeout: float, what: str) -> float:
     return time.monotonic() - started
 
 
+async def out_of_rotation(
+    instances: list[Instance], backend_id: str, since: float
+) -> tuple[float, float]:
+    """Wait until every instance has ``backend_id`` out; when the first and the last did."""
+    await wait_for(
+        lambda: all(i.ineligible_since(backend_id, since) for i in instances), 5, backend_id
+    )
+    seen = [t for t in (i.ineligible_since(backend_id, since) for i in instances) if t]
+    return min(seen), max(seen)
+
+
 @pytest.fixture
 async def backends() -> AsyncIterator[list[BackendProcess]]:
     procs = [BackendProcess(name=f"p{i}") for i in range(3)]
@@ -161,11 +172,7 @@ async def test_three_instances_share_one_redis(backends: list[BackendProcess]) -
         # 503, its WebSockets still work): the others learn it through Redis alone.
         failed_at = time.time()
         await p2.set_health_status(503)
-        await wait_for(
-            lambda: all(i.ineligible_since("p2", failed_at) for i in fleet_instances), 5, "p2 out"
-        )
-        seen = [i.ineligible_since("p2", failed_at) for i in fleet_instances]
-        first, last = min(t for t in seen if t), max(t for t in seen if t)
+        first, last = await out_of_rotation(fleet_instances, "p2", failed_at)
         figures["probe_failure_first_detection_s"] = round(first - failed_at, 3)
         figures["probe_failure_spread_s"] = round(last - first, 3)
         assert last - first <= 1.0
@@ -175,11 +182,7 @@ async def test_three_instances_share_one_redis(backends: list[BackendProcess]) -
         # 2b. SIGKILL a backend: every instance stops picking it within 1 s of the first.
         killed_at = time.time()
         await p1.kill()
-        await wait_for(
-            lambda: all(i.ineligible_since("p1", killed_at) for i in fleet_instances), 5, "p1 out"
-        )
-        seen = [i.ineligible_since("p1", killed_at) for i in fleet_instances]
-        first, last = min(t for t in seen if t), max(t for t in seen if t)
+        first, last = await out_of_rotation(fleet_instances, "p1", killed_at)
         figures["kill_backend_first_detection_s"] = round(first - killed_at, 3)
         figures["kill_backend_spread_s"] = round(last - first, 3)
         assert last - first <= 1.0

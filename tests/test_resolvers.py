@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import FAST, until
+from tests.fleet.servers import run_example
 from wsclient import Backend, FileResolver, StaticResolver, WebSocketPool
 from wsclient.resolvers.policy import DiscoveryPolicy
 from wsclient.resolvers.runner import ResolverRunner
@@ -156,16 +157,6 @@ async def test_static_resolver_resolves_once() -> None:
 
 def test_the_discovery_example_runs() -> None:
     """examples/discovery.py runs as is and shows the pool following the file."""
-    import subprocess
-    import sys
-
-    root = Path(__file__).resolve().parent.parent
-    done = subprocess.run(
-        [sys.executable, str(root / "examples" / "discovery.py")],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        cwd=root,
-    )
+    done = run_example("discovery.py")
     assert done.returncode == 0, done.stderr
     assert "('b', 2)" in done.stdout and "not valid JSON" in done.stdout

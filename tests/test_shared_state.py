@@ -12,7 +12,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from tests.conftest import FAST, until
-from tests.fleet.servers import RedisServer
+from tests.fleet.servers import RedisServer, run_example
 from wsclient import Backend, BackendHealth, WebSocketPool
 from wsclient.fleet.redis_state import RedisSharedState
 from wsclient.testing import BackendServer
@@ -267,19 +267,6 @@ def test_bad_arguments_are_named() -> None:
 
 def test_the_fleet_example_runs(redis_server: RedisServer) -> None:
     """examples/fleet.py runs against a real Redis: B takes 'one' out through Redis."""
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parent.parent
-    done = subprocess.run(
-        [sys.executable, str(root / "examples" / "fleet.py")],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        cwd=root,
-        env={**os.environ, "REDIS_URL": redis_server.url},
-    )
+    done = run_example("fleet.py", {"REDIS_URL": redis_server.url})
     assert done.returncode == 0, done.stderr
     assert "B saw 'one' open" in done.stdout and "'one': ('open', False)" in done.stdout

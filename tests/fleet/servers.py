@@ -57,7 +57,21 @@ def redis_server_binary() -> str:
     return found
 
 
-class RedisServer:
+class _Pausable:
+    """SIGSTOP/SIGCONT for a child server: it keeps its sockets and answers nothing."""
+
+    proc: Any
+
+    def pause(self) -> None:
+        assert self.proc is not None
+        os.kill(self.proc.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.proc is not None
+        os.kill(self.proc.pid, signal.SIGCONT)
+
+
+class RedisServer(_Pausable):
     """A real ``redis-server`` on 127.0.0.1:<free port>; ``kill()``/``pause()``/``restart()``."""
 
     def __init__(self) -> None:
@@ -111,14 +125,6 @@ class RedisServer:
             self.proc.wait(5)
         self.proc = None
 
-    def pause(self) -> None:
-        assert self.proc is not None
-        os.kill(self.proc.pid, signal.SIGSTOP)
-
-    def resume(self) -> None:
-        assert self.proc is not None
-        os.kill(self.proc.pid, signal.SIGCONT)
-
     def restart(self) -> None:
         self.kill()
         self.start()
@@ -128,7 +134,7 @@ class RedisServer:
         shutil.rmtree(self._dir, ignore_errors=True)
 
 
-class DnsServer:
+class DnsServer(_Pausable):
     """dnslib's DNS server on 127.0.0.1:<free UDP port>, answering from a zone the test sets."""
 
     def __init__(self) -> None:
@@ -163,14 +169,6 @@ class DnsServer:
         if not line.startswith(b"READY"):
             raise RuntimeError(f"DNS server did not start: {line!r}")
 
-    def pause(self) -> None:
-        assert self.proc is not None
-        os.kill(self.proc.pid, signal.SIGSTOP)
-
-    def resume(self) -> None:
-        assert self.proc is not None
-        os.kill(self.proc.pid, signal.SIGCONT)
-
     async def stop(self) -> None:
         if self.proc is not None and self.proc.returncode is None:
             with contextlib.suppress(ProcessLookupError):
@@ -178,3 +176,16 @@ class DnsServer:
                 self.proc.kill()
             await self.proc.wait()
         self.zone.unlink(missing_ok=True)
+
+
+def run_example(name: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run ``examples/<name>`` as a user would (a child process, bounded)."""
+    root = Path(__file__).resolve().parent.parent.parent
+    return subprocess.run(
+        [sys.executable, str(root / "examples" / name)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=root,
+        env={**os.environ, **(env or {})},
+    )

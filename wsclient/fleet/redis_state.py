@@ -265,7 +265,9 @@ class RedisSharedState:
         for task in tasks:
             task.cancel()
         if tasks:
-            await asyncio.wait(tasks)
+            _, pending = await asyncio.wait(tasks, timeout=self._timeout * 4)
+            if pending:  # pragma: no cover - only if the client swallowed a cancellation
+                logger.warning("shared state: %d task(s) did not stop in time", len(pending))
         client, self._client = self._client, None
         if client is None:
             return
@@ -300,13 +302,19 @@ class RedisSharedState:
     # ------------------------------------------------------------------ bounded calls
 
     async def _bounded(self, call: Awaitable[T]) -> T | None:
-        """Run one Redis call within ``timeout``; a failure switches to local state."""
+        """Run one Redis call within ``timeout``; any failure switches to local state."""
         try:
             async with asyncio.timeout(self._timeout):
-                return await call
-        except (TimeoutError, aioredis.RedisError, OSError) as exc:
+                result = await call
+        except Exception as exc:  # whatever the client raises, the pool goes on locally
             self._fail(exc)
             return None
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            # A cancellation that landed inside the client and was not re-raised
+            # must still end the caller (a probe loop being stopped, say).
+            raise asyncio.CancelledError
+        return result
 
     def _fail(self, exc: BaseException) -> None:
         self.counters["errors"] += 1
@@ -357,10 +365,14 @@ class RedisSharedState:
             if not self._connected:
                 self._dirty.add(backend_id)
                 continue
-            if kind == "fetch":
-                await self._load([backend_id])
-            elif fields is not None:
-                await self._write(backend_id, fields)
+            try:
+                if kind == "fetch":
+                    await self._load([backend_id])
+                elif fields is not None:
+                    await self._write(backend_id, fields)
+            except Exception:  # a bug here must not end the writes for good
+                logger.exception("shared state: writing %s failed", backend_id)
+                self._dirty.add(backend_id)
 
     async def _write(self, backend_id: str, fields: Update) -> bool:
         assert self._health is not None
@@ -400,6 +412,8 @@ class RedisSharedState:
                 await self._listen(pubsub)
             except _Unreachable:
                 pass
+            except Exception as exc:  # never let the subscriber die: go local, try again
+                self._fail(exc)
             finally:
                 self._connected = False
                 with contextlib.suppress(Exception):
@@ -461,7 +475,7 @@ class RedisSharedState:
                     message = await pubsub.get_message(
                         ignore_subscribe_messages=True, timeout=self._heartbeat
                     )
-            except (TimeoutError, aioredis.RedisError, OSError) as exc:
+            except Exception as exc:
                 self._fail(exc)
                 return
             if self._broken.is_set():
