@@ -320,3 +320,28 @@ def test_bad_arguments_are_named() -> None:
         DnsResolver("ws://x/ws", min_ttl=10, max_ttl=1, nameservers=["127.0.0.1"])
     with pytest.raises(ValueError, match="'id'"):
         DnsResolver("ws://x/ws", id="fixed", nameservers=["127.0.0.1"])
+
+
+async def test_ttl_is_clamped_and_aaaa_records_are_backends(dns_server: DnsServer) -> None:
+    """No interval: the next resolution follows the TTL within [min_ttl, max_ttl]; AAAA too."""
+    resolver = DnsResolver(
+        f"wss://{NAME}:8443/ws",
+        min_ttl=0.5,
+        max_ttl=2.0,
+        nameservers=[dns_server.nameserver],
+    )
+    records = [
+        {"name": NAME, "type": "A", "value": "127.0.0.2", "ttl": 1},
+        {"name": NAME, "type": "AAAA", "value": "::1", "ttl": 60},
+    ]
+    dns_server.set_records(records)
+    result = await resolver.resolve()
+    assert result.next_in == 1.0  # the smaller TTL of the two answers
+    assert [(b.id, b.url, b.server_hostname) for b in result.backends] == [
+        (f"{NAME}@127.0.0.2:8443", "wss://127.0.0.2:8443/ws", NAME),
+        (f"{NAME}@[::1]:8443", "wss://[::1]:8443/ws", NAME),
+    ]
+    dns_server.set_records([{**r, "ttl": 0} for r in records])
+    assert (await resolver.resolve()).next_in == 0.5  # the floor
+    dns_server.set_records([{**r, "ttl": 3600} for r in records])
+    assert (await resolver.resolve()).next_in == 2.0  # the ceiling
