@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	@# the distribution was called "wsclient" until it became wsclient-pool: drop that install
 	$(PY) -m pip uninstall -q -y wsclient 2>/dev/null || true
-	$(PY) -m pip install -q -e '.[dev,redis]'
+	$(PY) -m pip install -q -e '.[dev,redis,dns]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -29,7 +29,7 @@ lint: $(STAMP)
 	$(VENV)/bin/lint-imports
 
 $(DOCS_STAMP): $(STAMP)
-	$(PY) -m pip install -q -e '.[dev,redis,docs]'
+	$(PY) -m pip install -q -e '.[dev,redis,dns,docs]'
 	touch $(DOCS_STAMP)
 
 # The API reference site (mkdocs-material + mkdocstrings) in site/; any warning fails it.

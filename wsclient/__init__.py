@@ -8,6 +8,8 @@
             reply = await conn.receive_json(timeout=5)
 """
 
+from typing import TYPE_CHECKING, Any
+
 from wsclient._version import __version__
 from wsclient.backend import BackendHealth
 from wsclient.balancers import Balancer, balancer_names, register_balancer
@@ -36,6 +38,7 @@ from wsclient.errors import (
     WSClientError,
 )
 from wsclient.event_names import EVENTS, EventName
+from wsclient.fleet import SharedState
 from wsclient.messaging import (
     Broadcaster,
     Envelope,
@@ -59,6 +62,11 @@ from wsclient.options import (
     PoolOptions,
 )
 from wsclient.pool import WebSocketPool
+from wsclient.resolvers import FileResolver, Resolver, ResolverError, StaticResolver
+
+if TYPE_CHECKING:
+    from wsclient.fleet.redis_state import RedisSharedState
+    from wsclient.resolvers.dns import DnsResolver
 
 __all__ = [
     "EVENTS",
@@ -82,8 +90,10 @@ __all__ = [
     "ConnectionOptionsDict",
     "ConnectionReleasedError",
     "ConnectionState",
+    "DnsResolver",
     "Envelope",
     "EventName",
+    "FileResolver",
     "HealthCheckConfig",
     "HealthCheckOptions",
     "HeartbeatConfig",
@@ -100,10 +110,15 @@ __all__ = [
     "PoolOptions",
     "RateLimit",
     "Reconnected",
+    "RedisSharedState",
+    "Resolver",
+    "ResolverError",
     "RouteContext",
     "RouteError",
     "Router",
     "Session",
+    "SharedState",
+    "StaticResolver",
     "WSClientError",
     "WebSocketPool",
     "__version__",
@@ -113,3 +128,17 @@ __all__ = [
     "log_messages",
     "register_balancer",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # Their extras (redis, dns) are imported on first use: ``import wsclient``
+    # works without them.
+    if name == "RedisSharedState":
+        from wsclient import fleet
+
+        return fleet.RedisSharedState
+    if name == "DnsResolver":
+        from wsclient import resolvers
+
+        return resolvers.DnsResolver
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

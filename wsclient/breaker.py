@@ -89,7 +89,7 @@ class CircuitBreaker:
         # rounding cannot disagree with "elapsed >= timeout".
         return self._recovery_timeout - (self._clock() - self._opened_at)
 
-    def _transition(self, new: BreakerState) -> None:
+    def _transition(self, new: BreakerState, *, opened_at: float | None = None) -> None:
         old = self._state
         if new == old:
             return
@@ -99,7 +99,7 @@ class CircuitBreaker:
         self._state = new
         self._trials = 0
         if new == "open":
-            self._opened_at = self._clock()
+            self._opened_at = self._clock() if opened_at is None else opened_at
         elif new == "closed":
             self._failures = 0
         logger.info("circuit breaker %r: %s -> %s", self.name, old, new)
@@ -169,13 +169,20 @@ class CircuitBreaker:
         if self._state == "half-open" and self._trials > 0:
             self._trials -= 1
 
-    def force_open(self) -> None:
-        """Open now (or restart the recovery timer if already open)."""
+    def force_open(self, remaining: float | None = None) -> None:
+        """Open now (or restart the recovery timer if already open).
+
+        ``remaining``: seconds until half-open, when another process opened the
+        circuit earlier (shared state); None: the full ``recovery_timeout``.
+        """
         self._refresh()
+        opened_at = self._clock()
+        if remaining is not None:
+            opened_at -= self._recovery_timeout - min(max(remaining, 0.0), self._recovery_timeout)
         if self._state == "open":
-            self._opened_at = self._clock()
+            self._opened_at = opened_at
         else:
-            self._transition("open")
+            self._transition("open", opened_at=opened_at)
 
     def reset(self) -> None:
         """Back to closed with a zero failure count."""

@@ -329,6 +329,14 @@ def _validate_ws_url(value: str) -> str:
     return value
 
 
+def _check_server_hostname(value: str | None) -> str | None:
+    if value is None:
+        return None
+    if not value or _has_control_chars(value) or any(c in value for c in " /:@[]"):
+        raise ValueError(f"server_hostname must be a plain host name, got {value!r}")
+    return value
+
+
 class ConnectionOptions(_Model):
     """Options of one WebSocket connection (``connect()`` keywords, pool defaults)."""
 
@@ -346,11 +354,16 @@ class ConnectionOptions(_Model):
     ssl: ssl_module.SSLContext | bool | None = None
     """None/True: verify certificates (default); an SSLContext: use it; False: don't verify."""
     heartbeat: HeartbeatConfig = Field(default_factory=HeartbeatConfig)
+    server_hostname: str | None = None
+    """Name for TLS (SNI, certificate check) and the ``Host`` header when the URL
+    dials an address rather than that name; ``DnsResolver`` sets it. None: the URL's host."""
 
     @field_validator("auth", mode="before")
     @classmethod
     def _string_is_bearer(cls, value: Any) -> Any:
         return _coerce_auth(value)
+
+    _server_hostname_is_a_name = field_validator("server_hostname")(_check_server_hostname)
 
     # Checked here, not when the handshake is sent: a CR/LF in a header would
     # otherwise fail every connect and open the breaker on a healthy backend.
@@ -391,6 +404,7 @@ class Backend(_Model):
     close_timeout: float | None = Field(default=None, gt=0)
     ssl: ssl_module.SSLContext | bool | None = None
     heartbeat: HeartbeatConfig | None = None
+    server_hostname: str | None = None
 
     def __init__(self, url: str | None = None, /, **data: Any) -> None:
         if url is not None:
@@ -409,6 +423,7 @@ class Backend(_Model):
 
     _headers_are_sendable = field_validator("headers")(_check_headers)
     _protocols_are_tokens = field_validator("protocols")(_check_protocols)
+    _server_hostname_is_a_name = field_validator("server_hostname")(_check_server_hostname)
 
     @model_validator(mode="after")
     def _default_id(self) -> Backend:

@@ -43,6 +43,7 @@ from typing import Any, NamedTuple, Protocol, Unpack
 
 import aiohttp
 from aiohttp import WSMsgType
+from yarl import URL
 
 from wsclient.codes import CloseCode, ConnectionState, check_close_code
 from wsclient.config import (
@@ -924,7 +925,8 @@ async def _handshake(
             ws = await session.ws_connect(
                 url,
                 protocols=options.protocols,
-                headers=headers,
+                headers=with_host_header(url, headers, options.server_hostname),
+                server_hostname=options.server_hostname,
                 heartbeat=heartbeat,
                 max_msg_size=_aiohttp_size_limit(options.max_message_size, options.compression),
                 compress=15 if options.compression else 0,
@@ -948,6 +950,22 @@ async def _handshake(
         # heartbeat.timeout is the documented contract, so set it.
         ws._pong_heartbeat = options.heartbeat.timeout
     return ws
+
+
+def with_host_header(
+    url: str | URL, headers: dict[str, str], server_hostname: str | None
+) -> dict[str, str]:
+    """``headers`` plus ``Host: server_hostname[:port]`` when the URL dials an address.
+
+    A resolver dials each address it found but keeps the name it resolved: TLS
+    checks the certificate against that name (``server_hostname=``) and the
+    server sees it in ``Host``, as if the name had been dialled. A ``Host`` the
+    user set wins.
+    """
+    if server_hostname is None or any(k.lower() == "host" for k in headers):
+        return headers
+    port = URL(url).explicit_port
+    return {**headers, "Host": server_hostname if port is None else f"{server_hostname}:{port}"}
 
 
 def _aiohttp_size_limit(limit: int, compression: bool) -> int:

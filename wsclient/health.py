@@ -19,16 +19,26 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import NamedTuple
 
 import aiohttp
 from yarl import URL
 
 from wsclient.config import ConnectionOptions, HealthCheckConfig
-from wsclient.connection import _ssl_argument, auth_headers, describe_connect_error
+from wsclient.connection import (
+    _ssl_argument,
+    auth_headers,
+    describe_connect_error,
+    with_host_header,
+)
 
 logger = logging.getLogger("wsclient.health")
+
+ProbeGate = Callable[[str], Awaitable[float | None]]
+"""Asked before each probe of a backend (a fleet's probe lease): None means probe
+now; a number means another instance holds the lease, ask again after that many
+seconds (its results arrive through the shared state)."""
 
 
 class ProbeResult(NamedTuple):
@@ -59,8 +69,10 @@ class HealthChecker:
         config: HealthCheckConfig,
         session: Callable[[], aiohttp.ClientSession],
         on_result: Callable[[str, ProbeResult], None],
+        gate: ProbeGate | None = None,
     ) -> None:
         self._config = config
+        self._gate = gate
         self._session = session
         self._on_result = on_result
         self._tasks: dict[str, asyncio.Task[None]] = {}
@@ -92,12 +104,20 @@ class HealthChecker:
         # First probe at a random point of the first interval: spreads a fleet.
         await asyncio.sleep(cfg.interval * self._rng.uniform(0.0, 1.0))
         while True:
+            if self._gate is not None:
+                wait = await self._gate(backend_id)
+                if wait is not None:
+                    await asyncio.sleep(wait)
+                    continue
             result = await self.probe(url, options)
             try:
                 self._on_result(backend_id, result)
             except Exception:  # a listener's bug must not end the probing for good
                 logger.exception("recording a probe result of %s failed", backend_id)
-            await asyncio.sleep(cfg.interval * self._rng.uniform(1 - cfg.jitter, 1 + cfg.jitter))
+            # Under a lease the jitter only shortens the wait, so the holder asks
+            # again before its lease (one interval from its result) runs out.
+            high = 1.0 if self._gate is not None else 1 + cfg.jitter
+            await asyncio.sleep(cfg.interval * self._rng.uniform(1 - cfg.jitter, high))
 
     async def probe(self, url: str, options: ConnectionOptions) -> ProbeResult:
         """Run one probe; never raises (except cancellation)."""
@@ -126,7 +146,12 @@ class HealthChecker:
         self, ws_url: str, options: ConnectionOptions, path: str
     ) -> ProbeResult | None:
         url = http_origin(ws_url).with_path(path)
-        async with self._session().get(url, ssl=_ssl_argument(options.ssl)) as response:
+        async with self._session().get(
+            url,
+            ssl=_ssl_argument(options.ssl),
+            server_hostname=options.server_hostname,
+            headers=with_host_header(url, {}, options.server_hostname),
+        ) as response:
             await response.read()
             if 200 <= response.status < 300:
                 return None
@@ -141,7 +166,8 @@ class HealthChecker:
         headers = {**options.headers, **await auth_headers(options.auth)}
         async with self._session().ws_connect(
             url,
-            headers=headers,
+            headers=with_host_header(url, headers, options.server_hostname),
+            server_hostname=options.server_hostname,
             protocols=options.protocols,
             ssl=_ssl_argument(options.ssl),
             autoping=False,

@@ -79,6 +79,7 @@ class ConnectionOptionsDict(TypedDict, total=False):
     close_timeout: float
     ssl: ssl.SSLContext | bool | None
     heartbeat: HeartbeatConfig | HeartbeatOptions
+    server_hostname: str | None
 
 
 class BackendOptions(TypedDict, total=False):
@@ -96,6 +97,7 @@ class BackendOptions(TypedDict, total=False):
     close_timeout: float | None
     ssl: ssl.SSLContext | bool | None
     heartbeat: HeartbeatConfig | HeartbeatOptions | None
+    server_hostname: str | None
 
 
 class PoolOptions(ConnectionOptionsDict, total=False):

@@ -70,13 +70,16 @@ from wsclient.errors import (
     WSClientError,
 )
 from wsclient.events import EventEmitter
+from wsclient.fleet.base import SharedState
 from wsclient.health import HealthChecker, ProbeResult
 from wsclient.listeners import EventSource
 from wsclient.messaging._pool import Closable
 from wsclient.messaging.request import Multiplexer
 from wsclient.messaging.session import OnConnect, Session
 from wsclient.options import PoolOptions
-from wsclient.state import LocalStateStore
+from wsclient.resolvers.base import Resolver
+from wsclient.resolvers.runner import ResolverRunner
+from wsclient.state import BackendStateStore, LocalStateStore
 
 logger = logging.getLogger("wsclient.pool")
 
@@ -211,6 +214,9 @@ class WebSocketPool(EventSource):
         self,
         config: PoolConfig | Mapping[str, Any] | None = None,
         /,
+        *,
+        shared_state: SharedState | None = None,
+        resolver: Resolver | None = None,
         **options: Unpack[PoolOptions],
     ):
         if config is None:
@@ -227,8 +233,18 @@ class WebSocketPool(EventSource):
         self.config = cfg
         self._validate_on_checkout = cfg.validate_on_checkout
         self._defaults = cfg.connection_defaults()
-        self._store = LocalStateStore(cfg.circuit_breaker, cfg.health_check)
+        # Live objects with a lifecycle, not configuration: they are parameters
+        # of the pool, started and stopped with it (README "Running a fleet").
+        self._shared = shared_state
+        self._store: BackendStateStore
+        if shared_state is None:
+            self._store = LocalStateStore(cfg.circuit_breaker, cfg.health_check)
+        else:
+            shared = shared_state.bind(cfg.circuit_breaker, cfg.health_check)
+            shared.on_remote_change = self._on_remote_change
+            self._store = shared
         self._store.listener = self._on_store_event
+        self._resolver = None if resolver is None else ResolverRunner(resolver, self.set_backends)
         self._core: PoolCore[_Link] = PoolCore(
             # No link_ok: a link that ends while idle is reported to the core in the
             # same callback (_on_link_closed), so idle slots need no re-check.
@@ -261,7 +277,12 @@ class WebSocketPool(EventSource):
         self._to_read: list[_Link] = []
         self._read_scheduled = False
         self._breaker_timers: dict[str, asyncio.TimerHandle] = {}
-        self._health = HealthChecker(cfg.health_check, lambda: self._session, self._on_probe)
+        self._health = HealthChecker(
+            cfg.health_check,
+            lambda: self._session,
+            self._on_probe,
+            gate=None if shared_state is None else shared_state.claim_probe,
+        )
         self._idle_messages = 0
         self._clients: set[Closable] = set()  # sessions and multiplexers holding leases
         self._multiplexer: Multiplexer | None = None
@@ -360,6 +381,12 @@ class WebSocketPool(EventSource):
             self._core.refresh(backend_id, time.monotonic())
             self._run()
 
+    def _on_remote_change(self, backend_id: str) -> None:
+        """The fleet changed this backend's state (shared state): re-judge it now."""
+        if self._state is _RUNNING and backend_id in self._core.backends:
+            self._core.refresh(backend_id, time.monotonic())
+            self._run()
+
     def _on_probe(self, backend_id: str, result: ProbeResult) -> None:
         if self._state is not _RUNNING or backend_id not in self._core.backends:
             return
@@ -385,6 +412,12 @@ class WebSocketPool(EventSource):
         self._state = _RUNNING
         self._fast = not self._validate_on_checkout
         try:
+            # The fleet's view and the resolved list come first (both bounded),
+            # so the warm set opens where the fleet says it may.
+            if self._shared is not None:
+                await self._shared.start()
+            if self._resolver is not None:
+                await self._resolver.first()
             self._core.start(time.monotonic())
             warm = [t for t in self._tasks if t.get_name().startswith("wsclient-open")]
             self._run()
@@ -447,6 +480,8 @@ class WebSocketPool(EventSource):
         for link in list(self._validating):
             link.drop()  # ends its pong wait: the acquire sees the pool closing
         try:
+            if self._resolver is not None:
+                await self._resolver.stop()
             # Sessions and the multiplexer hold leases for good: they give them back first.
             for client in list(self._clients):
                 await client.aclose()
@@ -476,8 +511,12 @@ class WebSocketPool(EventSource):
 
     async def _hard_close(self, code: int | None) -> None:
         try:
+            if self._resolver is not None:
+                await self._resolver.stop()
             await self._health.stop()
             await self._stop_maintenance()
+            if self._shared is not None:
+                await self._shared.close()
             now = time.monotonic()
             for link in list(self._links):
                 slot: Slot[_Link] = link.pool_backend
@@ -539,7 +578,25 @@ class WebSocketPool(EventSource):
 
     @property
     def stats(self) -> dict[str, int]:
-        return {**self._core.stats, "idle_messages": self._idle_messages}
+        stats = {**self._core.stats, "idle_messages": self._idle_messages}
+        if self._resolver is not None:
+            stats["resolver_failures"] = self._resolver.policy.failures
+            stats["resolver_failing"] = int(self._resolver.policy.consecutive_failures > 0)
+        if self._shared is not None:
+            shared = self._shared.status()
+            stats["shared_state_connected"] = int(bool(shared["connected"]))
+            stats["shared_state_errors"] = int(shared["errors"])
+        return stats
+
+    def fleet_status(self) -> dict[str, Any]:
+        """JSON-ready: the resolver's and the shared state's condition (errors in words).
+
+        ``{"resolver": {...} | None, "shared_state": {...} | None}``; see the README.
+        """
+        return {
+            "resolver": None if self._resolver is None else self._resolver.status(),
+            "shared_state": None if self._shared is None else self._shared.status(),
+        }
 
     def __repr__(self) -> str:
         core = self._core
