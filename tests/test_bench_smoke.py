@@ -85,6 +85,7 @@ def test_pool_costs_smoke(tmp_path: Path) -> None:
         _flag(st, "meets_target")
         for n in ("10", "50"):
             rec = st["by_size"][n]
-            _positive(rec, "median_ns", "iterations_per_round", "size", "warm_acquires")
+            _positive(rec, "median_ns", "iterations_per_round", "size")
+            assert rec["warm_acquires"] >= 0  # min_connections=n warms most at start()
             assert rec["size"] <= rec["backends"] == int(n)
     _flag(pk, "meets_target")
