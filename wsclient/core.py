@@ -31,14 +31,19 @@ A close the pool does not blame (1000, 1001, 1009, 1012, 1013, 3000-4999) only
 delays the next open on that backend. While it waits, its picks borrow idle
 links elsewhere; only when none is idle does the pool open a *stand-in* on
 another backend, and stand-ins are retired as soon as their backend may be
-dialled again. So a rolling restart neither grows the pool beyond what the
-demand needs nor starves the restarted backend afterwards.
+dialled again. For a few seconds after such a close the pool is *held* at the
+size it had before it (``_hold``): its limit is that size rather than
+``max_connections``, so the rules above for capacity apply and the restarted
+backend's reopened links take the stand-ins' places. So a rolling restart
+neither grows the pool beyond what the demand needs nor starves the restarted
+backend afterwards.
 
 Costs: an acquire with an idle link on the pick is one balancer pick and one
-deque pop; enqueueing a waiter is O(1) (plus O(log n) when it has to join the
+list pop, and its release skips every admission check while the core's epoch
+is unchanged (``give_back``); enqueueing a waiter is O(1) (plus O(log n) when it has to join the
 open queue); a membership, weight or health change is one balancer update.
 
-Why one module of about 1,200 lines: it is one state machine with one set of
+Why one module of about 1,300 lines: it is one state machine with one set of
 invariants (``check_invariants``), and every method reads and writes the same
 counts; split across modules, each half would have to keep the other's
 invariants without seeing them. The records and effects it works with are in

@@ -12,12 +12,14 @@ A pool belongs to the event loop (and thread) that started it: calls from
 another thread or loop are refused with ``PoolMisuseError`` before they touch
 anything.
 
-Why one file of about a thousand lines: ``WebSocketPool`` is the public API of
-SPEC §1 and each of its methods is a thin translation into core calls plus the
-I/O of that call; what is left of logic is how each effect is carried out. The
-decisions moved to ``core.py``, the probes to ``health.py``, the shared state
-to ``state.py``; the transport issue moves link I/O under a ``Transport``
-protocol, which takes the opening, closing and idle-reading code out of here.
+Why one file of about 1,250 lines: ``WebSocketPool`` is the public API of
+SPEC §1 (lifecycle, acquire/release, membership, status, broadcast/drain, and
+the entry points of messaging and fleet features) and each of its methods is
+a thin translation into core calls plus the I/O of that call; what is left of
+logic is how each effect is carried out. The decisions are in ``core.py``, the
+probes in ``health.py``, the backend state in ``state.py`` and ``fleet/``,
+sessions and multiplexing in ``messaging/``, discovery in ``resolvers/``, link
+I/O in ``connection.py``.
 """
 
 from __future__ import annotations
