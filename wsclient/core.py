@@ -499,7 +499,8 @@ class PoolCore(Generic[L]):
         idle = b.idle
         idle.append(slot)
         self.idle_total += 1
-        if len(idle) == 1:
+        if not b.listed:  # a dict store per release would cost more than this test
+            b.listed = True
             self._holders[b.id] = b
         idle_timeout = self._idle_timeout
         if idle_timeout is not None and now + idle_timeout < self.due:
@@ -658,7 +659,7 @@ class PoolCore(Generic[L]):
         holders = self._holders
         empty = [backend_id for backend_id, b in holders.items() if not b.idle]
         for backend_id in empty:
-            del holders[backend_id]
+            holders.pop(backend_id).listed = False
         return list(holders.values())
 
     def _lease(self, slot: Slot[L]) -> None:
@@ -867,6 +868,7 @@ class PoolCore(Generic[L]):
         self.leased_total -= 1
         b.idle.append(slot)
         self.idle_total += 1
+        b.listed = True
         self._holders[b.id] = b
         self.effects.append(Park(slot))
         idle_timeout = self.config.idle_timeout
@@ -1314,6 +1316,10 @@ class PoolCore(Generic[L]):
         """Raise AssertionError if the accounting is inconsistent (tests call this)."""
         backends = [*self.backends.values(), *self._draining]
         assert sum(len(b.idle) for b in backends) == self.idle_total
+        # listed: this very object is the holders entry (a removed backend's id may
+        # be re-added while the old one drains; the entry is by id).
+        assert all(self._holders.get(b.id) is b for b in backends if b.listed and not b.removed)
+        assert all(b.listed for b in backends if b.idle)
         assert sum(b.active for b in backends) == self.leased_total
         assert sum(b.opening for b in backends) == self.opening
         assert sum(b.closing for b in backends) == self.closing

@@ -69,6 +69,7 @@ class CoreBackend:
         "id",
         "idle",
         "in_rotation",
+        "listed",
         "open_links",
         "opening",
         "recovered_at",
@@ -95,6 +96,7 @@ class CoreBackend:
         self.usable = True  # healthy and breaker not open (cached from the store)
         self.ejected = False
         self.in_rotation = False
+        self.listed = False  # in PoolCore._holders (backends that may hold idle links)
         self.retry_at = 0.0
         self.backoff = backoff
         self.recovered_at: float | None = None
