@@ -625,7 +625,7 @@ async def failover_trial(config: dict[str, Any], s: Settings) -> dict[str, Any]:
         tasks.append(asyncio.create_task(watch()))
         await asyncio.sleep(1.0)
         ok_before = stats["ok"]
-        failures_before = pool.stats["open_failures"]
+        failures_before = pool.stats().open_failures
         kill_at = clock()
         servers[0].kill()
         deadline = kill_at + s.failover_cap_seconds
@@ -656,7 +656,7 @@ async def failover_trial(config: dict[str, Any], s: Settings) -> dict[str, Any]:
             "detected": marks["ineligible"] is not None,
             "detected_by": detected_by,
             "victim_connections_closed": sum(1 for e in events if e[1] == ev.CONNECTION_CLOSED),
-            "pool_open_failures_after_kill": pool.stats["open_failures"] - failures_before,
+            "pool_open_failures_after_kill": pool.stats().open_failures - failures_before,
             "ineligible_after_s": rel(marks["ineligible"]),
             "last_pick_after_s": rel(marks["last_pick"]),
             "last_handout_after_s": rel(marks["last_handout"]),

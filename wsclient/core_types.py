@@ -70,6 +70,7 @@ class CoreBackend:
         "id",
         "idle",
         "in_rotation",
+        "leases",
         "open_links",
         "opening",
         "recovered_at",
@@ -85,6 +86,7 @@ class CoreBackend:
         self.weight = float(weight)  # effective: lower while slow start ramps
         self.idle: deque[Slot[Any]] = deque()
         self.active = 0  # leased; the balancer reads it
+        self.leases = 0  # leases served since it joined (pool.stats(): acquires, shares)
         self.open_links = 0  # idle + leased
         self.opening = 0
         self.closing = 0

@@ -1,0 +1,112 @@
+"""Cheap timing accumulators: wait, use and create time of one pool's connections.
+
+A pool has none until something instruments it (``wsclient.metrics``), so an
+uninstrumented pool pays one ``is None`` test per acquire and per release.
+Once created, each observation is a bisect into fixed buckets and three
+additions (about 0.1 µs); exporters read the buckets when they are scraped,
+never on the hot path. Sinks (OpenTelemetry histograms) get every observation
+too, at whatever their own ``record()`` costs.
+
+A leaf module: no I/O, no clock (callers pass seconds and ``now``).
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from collections.abc import Callable
+
+__all__ = ["BUCKETS", "PoolTiming", "TimingHistogram"]
+
+#: Upper bounds (seconds) of the histogram buckets; the last bucket is +Inf.
+BUCKETS: tuple[float, ...] = (
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+)
+
+#: ``sink(kind, seconds)`` with kind ``"wait"``, ``"use"`` or ``"create"``.
+TimingSink = Callable[[str, float], None]
+
+
+class TimingHistogram:
+    """Counts per bucket (``counts[i]``: observations ``<= BUCKETS[i]``, the last: above
+    all), their sum and their number. Not cumulative; exporters accumulate."""
+
+    __slots__ = ("count", "counts", "sum")
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(BUCKETS) + 1)
+        self.sum = 0.0
+        self.count = 0
+
+    def observe(self, seconds: float) -> None:
+        self.counts[bisect_left(BUCKETS, seconds)] += 1
+        self.sum += seconds
+        self.count += 1
+
+    def cumulative(self, extra_zero: int = 0) -> list[int]:
+        """Prometheus-style cumulative counts per bound, +Inf last; ``extra_zero``
+        observations of 0 s (acquires that never waited) are added to every bucket."""
+        total = extra_zero
+        out = []
+        for n in self.counts:
+            total += n
+            out.append(total)
+        return out
+
+
+class PoolTiming:
+    """What an instrumented pool records: the three histograms and lease start times."""
+
+    __slots__ = ("_leased", "create", "immediate_base", "sinks", "use", "wait")
+
+    def __init__(self, immediate_base: int = 0) -> None:
+        #: acquires served at once before timing began (exporters subtract it)
+        self.immediate_base = immediate_base
+        self.wait = TimingHistogram()
+        self.use = TimingHistogram()
+        self.create = TimingHistogram()
+        self.sinks: list[TimingSink] = []
+        self._leased: dict[object, float] = {}
+
+    def leased(self, link: object, now: float, waited: float | None = None) -> None:
+        """A lease began at ``now``; ``waited``: seconds the acquire waited (None: at once,
+        which the buckets derive from the pool's counts instead)."""
+        self._leased[link] = now
+        if waited is not None:
+            self.wait.observe(waited)
+        for sink in self.sinks:
+            sink("wait", 0.0 if waited is None else waited)
+
+    def released(self, link: object, now: float) -> None:
+        started = self._leased.pop(link, None)
+        if started is not None:
+            seconds = now - started
+            self.use.observe(seconds)
+            for sink in self.sinks:
+                sink("use", seconds)
+
+    def forget(self, link: object) -> None:
+        """The lease ended without a release (closed under its lessee, pool closed)."""
+        self._leased.pop(link, None)
+
+    def created(self, seconds: float) -> None:
+        self.create.observe(seconds)
+        for sink in self.sinks:
+            sink("create", seconds)
+
+    def clear(self) -> None:
+        self._leased.clear()
