@@ -12,6 +12,7 @@ The models are frozen snapshots: ``pool.stats()`` builds a new one per call,
 
 from __future__ import annotations
 
+import math
 import time
 from collections import deque
 from collections.abc import Iterable, Mapping
@@ -297,5 +298,5 @@ class StatsRecorder:
 def _percentile(ordered: list[float], q: float) -> float | None:
     if not ordered:
         return None
-    index = min(len(ordered) - 1, max(0, round(q * len(ordered) + 0.5) - 1))
+    index = min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))  # nearest rank
     return round(ordered[index], 6)
