@@ -1067,6 +1067,19 @@ class WebSocketPool:
             )
         return result
 
+    async def check_health(self) -> dict[str, BackendHealth]:
+        """Probe every backend once now, as the health checker does (same probe, same
+        thresholds), and return ``health_status()``; what ``wsclient status`` shows."""
+        if self._state is not _RUNNING:
+            self._raise_not_running()
+        ids = [b.id for b in self._core.backends.values() if not b.removed]
+        results = await asyncio.gather(
+            *(self._health.probe(self._configs[i].url, self._options[i]) for i in ids)
+        )
+        for backend_id, result in zip(ids, results, strict=True):
+            self._on_probe(backend_id, result)
+        return self.health_status()
+
     def on(self, event: str, callback: Callable[..., Any]) -> Callable[..., Any]:
         """Call ``callback`` (sync or async) on ``event``; see ``wsclient.events.EVENTS``."""
         return self._events.on(event, callback)
