@@ -290,3 +290,15 @@ def test_credential_like_subprotocols_are_masked_in_reprs() -> None:
     assert "chat.v2" in repr(config)
     assert "chat.v1" in repr(backend)
     assert config.protocols == ("chat.v2", secret)  # still offered as configured
+
+
+def test_auth_models_take_the_secret_positionally_or_by_keyword() -> None:
+    """ApiKeyAuth(key, header=...) as the README writes it, BearerAuth(token), str or SecretStr."""
+    assert ApiKeyAuth("k-1", header="X-Key").headers() == {"X-Key": "k-1"}
+    assert ApiKeyAuth(key=SecretStr("k-1")).headers() == {"X-API-Key": "k-1"}
+    assert BearerAuth("t-1").headers() == {"Authorization": "Bearer t-1"}
+    assert PoolConfig(auth={"key": "k-1", "header": "X-Key"}).auth == ApiKeyAuth("k-1", "X-Key")
+    with pytest.raises(TypeError, match="both positionally and by keyword"):
+        ApiKeyAuth("k-1", key="k-2")  # type: ignore[misc]
+    with pytest.raises(ValidationError, match="header"):
+        ApiKeyAuth("k-1", header="X Key")

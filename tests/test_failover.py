@@ -20,6 +20,7 @@ from wsclient import (
     WSClientError,
 )
 from wsclient.core import Slot, SlotState
+from wsclient.event_names import EventName
 from wsclient.testing import BackendProcess, BackendServer
 
 from .conftest import FAST, PoolFactory, assert_echo, until
@@ -32,7 +33,7 @@ BREAKER = {"failure_threshold": 2, "recovery_timeout": 0.3}
 class EventLog:
     """Records pool events with their arguments, and lets tests await one."""
 
-    def __init__(self, pool: WebSocketPool, *names: str) -> None:
+    def __init__(self, pool: WebSocketPool, *names: EventName) -> None:
         self.items: list[tuple[str, tuple[Any, ...]]] = []
         self._changed = asyncio.Event()
         for name in names:
@@ -334,7 +335,7 @@ async def test_events_fire_sync_and_async_and_a_raising_listener_is_isolated(
     assert "listener bug" in caplog.text
     pool.off("connection-open", bad)
     with pytest.raises(ValueError, match="unknown event"):
-        pool.on("no-such-event", bad)
+        pool.on("no-such-event", bad)  # type: ignore[call-overload]  # the run-time check
 
 
 async def test_membership_changes_under_traffic(

@@ -23,6 +23,7 @@ from typing import Any, Literal
 import pytest
 
 from wsclient import Backend, WebSocketPool, WSClientError
+from wsclient.event_names import EventName
 from wsclient.testing import BackendServer
 from wsclient.testing.interop import SHUTDOWN_CLOSE_CODES, InteropKind, InteropServer
 
@@ -212,7 +213,7 @@ class SizeMonitor:
 class Events:
     """Every pool event of the given names, with its time and arguments."""
 
-    def __init__(self, pool: WebSocketPool, *names: str) -> None:
+    def __init__(self, pool: WebSocketPool, *names: EventName) -> None:
         self.items: list[tuple[float, str, tuple[Any, ...]]] = []
         for name in names:
             pool.on(name, self._recorder(name))

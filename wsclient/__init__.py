@@ -34,7 +34,16 @@ from wsclient.errors import (
     PoolMisuseError,
     WSClientError,
 )
-from wsclient.event_names import EVENTS
+from wsclient.event_names import EVENTS, EventName
+from wsclient.options import (
+    BackendOptions,
+    BackoffOptions,
+    CircuitBreakerOptions,
+    ConnectionOptionsDict,
+    HealthCheckOptions,
+    HeartbeatOptions,
+    PoolOptions,
+)
 from wsclient.pool import WebSocketPool
 
 __version__ = "0.1.0"
@@ -45,19 +54,26 @@ __all__ = [
     "ApiKeyAuth",
     "Backend",
     "BackendHealth",
+    "BackendOptions",
     "BackoffConfig",
+    "BackoffOptions",
     "Balancer",
     "BearerAuth",
     "CircuitBreakerConfig",
+    "CircuitBreakerOptions",
     "CloseCode",
     "ConnectError",
     "Connection",
     "ConnectionClosedError",
     "ConnectionOptions",
+    "ConnectionOptionsDict",
     "ConnectionReleasedError",
     "ConnectionState",
+    "EventName",
     "HealthCheckConfig",
+    "HealthCheckOptions",
     "HeartbeatConfig",
+    "HeartbeatOptions",
     "Message",
     "MessageTooBigError",
     "MessageType",
@@ -65,6 +81,7 @@ __all__ = [
     "PoolClosedError",
     "PoolConfig",
     "PoolMisuseError",
+    "PoolOptions",
     "WSClientError",
     "WebSocketPool",
     "balancer_names",

@@ -9,10 +9,11 @@ kept out of ``repr`` so they never reach logs.
 
 from __future__ import annotations
 
+import os
 import re
 import ssl as ssl_module
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, Literal, TypeAlias
+from typing import TYPE_CHECKING, Any, Literal, Self, TypeAlias
 
 from pydantic import (
     BaseModel,
@@ -173,6 +174,20 @@ class _Model(BaseModel):
     )
 
 
+def _positional(
+    model: type, names: tuple[str, ...], args: tuple[Any, ...], data: dict[str, Any]
+) -> dict[str, Any]:
+    # Positional arguments of a model's __init__ mapped to its fields. Checks run
+    # in the model (a dict validated into it arrives here as keywords only).
+    if len(args) > len(names):
+        raise TypeError(f"{model.__name__}() takes at most {len(names)} positional arguments")
+    for name, value in zip(names, args, strict=False):
+        if name in data:
+            raise TypeError(f"{model.__name__}() got {name!r} both positionally and by keyword")
+        data[name] = value
+    return data
+
+
 class BearerAuth(_Model):
     """``Authorization: Bearer <token>``."""
 
@@ -180,17 +195,39 @@ class BearerAuth(_Model):
 
     _token_is_sendable = field_validator("token")(_check_secret)
 
+    if TYPE_CHECKING:
+        # A type checker accepts a plain string (the field is a SecretStr).
+        def __init__(self, token: str | SecretStr) -> None: ...
+
+    else:
+
+        def __init__(self, *args, **data):  # BearerAuth(token) too
+            super().__init__(**_positional(type(self), ("token",), args, data))
+
     def headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.token.get_secret_value()}"}
+
+
+#: The header ``ApiKeyAuth`` sends its key in unless told otherwise.
+DEFAULT_API_KEY_HEADER = "X-API-Key"
 
 
 class ApiKeyAuth(_Model):
     """An API key sent in a header (``X-API-Key`` unless told otherwise)."""
 
     key: SecretStr
-    header: str = "X-API-Key"
+    header: str = DEFAULT_API_KEY_HEADER
 
     _key_is_sendable = field_validator("key")(_check_secret)
+
+    if TYPE_CHECKING:
+
+        def __init__(self, key: str | SecretStr, header: str = DEFAULT_API_KEY_HEADER) -> None: ...
+
+    else:
+
+        def __init__(self, *args, **data):  # ApiKeyAuth(key, header=...) too
+            super().__init__(**_positional(type(self), ("key", "header"), args, data))
 
     @field_validator("header")
     @classmethod
@@ -469,6 +506,45 @@ class PoolConfig(ConnectionOptions):
                 f"({self.max_connections})"
             )
         return self
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike[str]) -> Self:
+        """The options in a TOML (``.toml``) or JSON (``.json``) file.
+
+        The file's top level holds ``PoolConfig`` fields, nested options as
+        tables (``[health_check]``) and backends as an array of tables
+        (``[[backends]]``) or URL strings. Values are validated by this model,
+        with the same messages as keyword arguments; each error carries a note
+        naming the file. Unset options keep their defaults.
+        """
+        from wsclient.config_sources import build, read_config_file
+
+        return build(cls, [(f"file {os.fspath(path)}", read_config_file(path))])
+
+    @classmethod
+    def from_env(cls) -> Self:
+        """The options set by ``WSCLIENT_*`` environment variables (defaults elsewhere).
+
+        ``WSCLIENT_MAX_CONNECTIONS=10``, ``WSCLIENT_HEALTH_CHECK__INTERVAL=5``
+        (``__`` reaches into a nested option), lists and tables as JSON
+        (``WSCLIENT_BACKENDS='["ws://a/ws"]'``), ``null`` for ``None``. A
+        ``WSCLIENT_`` variable that names no option raises ``ValueError``.
+        """
+        from wsclient.config_sources import load
+
+        return load(cls, None, {})
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str] | None = None, /, **overrides: Any) -> Self:
+        """Options by precedence: ``overrides`` > ``WSCLIENT_*`` variables > file > defaults.
+
+        Nested tables merge key by key across the layers
+        (``WSCLIENT_HEALTH_CHECK__INTERVAL`` changes the file's interval and
+        keeps its path); ``backends`` is replaced whole by a higher layer.
+        """
+        from wsclient.config_sources import load
+
+        return load(cls, path, overrides)
 
     def connection_defaults(self) -> ConnectionOptions:
         """The per-connection options part of this config."""

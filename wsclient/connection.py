@@ -39,7 +39,7 @@ import ssl
 import struct
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Unpack
 
 import aiohttp
 from aiohttp import WSMsgType
@@ -61,6 +61,7 @@ from wsclient.errors import (
     ConnectionReleasedError,
     MessageTooBigError,
 )
+from wsclient.options import ConnectionOptionsDict
 
 logger = logging.getLogger("wsclient.connection")
 
@@ -1058,7 +1059,7 @@ def new_session() -> aiohttp.ClientSession:
     )
 
 
-async def connect(url: str, **options: Any) -> Connection:
+async def connect(url: str, **options: Unpack[ConnectionOptionsDict]) -> Connection:
     """Open one unpooled WebSocket connection.
 
     Keywords are the ``ConnectionOptions`` fields (``max_message_size``,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Final
+from typing import Final, Literal, TypeAlias
 
 BACKEND_HEALTHY: Final = "backend-healthy"
 BACKEND_UNHEALTHY: Final = "backend-unhealthy"
@@ -32,3 +32,38 @@ EVENTS: Final[dict[str, str]] = {
     BACKEND_EJECTED: "(backend_id, seconds, error)",
     BACKEND_UNEJECTED: "(backend_id)",
 }
+
+# The same names as types, grouped by the arguments their listeners receive, so
+# ``pool.on(...)`` can check both the name and the callback (``listeners.py``).
+# tests/test_typing.py keeps these equal to EVENTS.
+
+#: Events whose listeners receive ``(backend_id)``.
+BackendEvent: TypeAlias = Literal[
+    "backend-healthy",
+    "breaker-open",
+    "breaker-half-open",
+    "breaker-closed",
+    "backend-added",
+    "backend-removed",
+    "backend-unejected",
+]
+#: ``(backend_id, error)``: ``error`` is ``str | None``.
+BackendUnhealthyEvent: TypeAlias = Literal["backend-unhealthy"]
+#: ``(backend_id, seconds, error)``.
+BackendEjectedEvent: TypeAlias = Literal["backend-ejected"]
+#: ``(backend_id, connection_id)``.
+ConnectionOpenEvent: TypeAlias = Literal["connection-open"]
+#: ``(backend_id, connection_id, code, reason)``: ``code`` is ``int | None``.
+ConnectionClosedEvent: TypeAlias = Literal["connection-closed"]
+#: ``(backend_id, connection_id, message)``.
+IdleMessageEvent: TypeAlias = Literal["idle-message"]
+
+#: Every event name.
+EventName: TypeAlias = (
+    BackendEvent
+    | BackendUnhealthyEvent
+    | BackendEjectedEvent
+    | ConnectionOpenEvent
+    | ConnectionClosedEvent
+    | IdleMessageEvent
+)

@@ -31,7 +31,7 @@ import threading
 import time
 import warnings
 from collections.abc import Callable, Coroutine, Generator, Iterable, Mapping
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Unpack
 
 from wsclient import event_names as ev
 from wsclient.backend import BackendHealth
@@ -73,6 +73,8 @@ from wsclient.errors import (
 )
 from wsclient.events import EventEmitter
 from wsclient.health import HealthChecker, ProbeResult
+from wsclient.listeners import EventSource
+from wsclient.options import PoolOptions
 from wsclient.state import LocalStateStore
 from wsclient.stats import ConnectionCounts, PoolStats, StatsRecorder
 from wsclient.timing import PoolTiming
@@ -192,7 +194,7 @@ class _Ready:
 _READY = _Ready()
 
 
-class WebSocketPool:
+class WebSocketPool(EventSource):
     """A pool of warm WebSocket connections to weighted backends.
 
     ``WebSocketPool(backends=[...], ...)`` takes ``PoolConfig`` fields as
@@ -200,7 +202,12 @@ class WebSocketPool:
     then override it). Use ``async with`` or ``start()`` / ``close()``.
     """
 
-    def __init__(self, config: PoolConfig | Mapping[str, Any] | None = None, /, **options: Any):
+    def __init__(
+        self,
+        config: PoolConfig | Mapping[str, Any] | None = None,
+        /,
+        **options: Unpack[PoolOptions],
+    ):
         if config is None:
             cfg = PoolConfig.model_validate(options)
         elif isinstance(config, PoolConfig):
@@ -1080,12 +1087,7 @@ class WebSocketPool:
             self._on_probe(backend_id, result)
         return self.health_status()
 
-    def on(self, event: str, callback: Callable[..., Any]) -> Callable[..., Any]:
-        """Call ``callback`` (sync or async) on ``event``; see ``wsclient.events.EVENTS``."""
-        return self._events.on(event, callback)
-
-    def off(self, event: str, callback: Callable[..., Any]) -> None:
-        self._events.off(event, callback)
+    # on() / off(): typed per event in EventSource (listeners.py).
 
     # ------------------------------------------------------------------ membership
 
