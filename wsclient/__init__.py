@@ -8,6 +8,8 @@
             reply = await conn.receive_json(timeout=5)
 """
 
+import logging
+
 from wsclient.backend import BackendHealth
 from wsclient.balancers import Balancer, balancer_names, register_balancer
 from wsclient.codes import CloseCode, ConnectionState, describe_close_code
@@ -45,6 +47,10 @@ from wsclient.options import (
     PoolOptions,
 )
 from wsclient.pool import WebSocketPool
+
+# A library's loggers stay silent until the application configures logging
+# (no "No handlers" fallback to stderr); see README "Operating".
+logging.getLogger("wsclient").addHandler(logging.NullHandler())
 
 __version__ = "0.1.0"
 

@@ -18,7 +18,14 @@ from rich.console import Console, Group
 from rich.live import Live
 from rich.text import Text
 
-from wsclient.cli.view import ErrorClock, ShareWindow, backend_table, pool_line
+from wsclient.cli.view import (
+    WIDE,
+    ErrorClock,
+    ShareWindow,
+    backend_table,
+    error_lines,
+    pool_line,
+)
 from wsclient.config import Backend
 from wsclient.errors import WSClientError
 from wsclient.pool import WebSocketPool
@@ -62,7 +69,9 @@ async def _run(
     console: Console, procs: list[BackendProcess], duration: float, n_workers: int
 ) -> int:
     pool = WebSocketPool(
-        backends=[Backend(id=p.name, url=p.url, weight=w) for p, w in zip(procs, WEIGHTS)],
+        backends=[
+            Backend(id=p.name, url=p.url, weight=w) for p, w in zip(procs, WEIGHTS, strict=True)
+        ],
         load_balancing="weighted-round-robin",
         min_connections=4,
         max_connections=16,
@@ -79,24 +88,21 @@ async def _run(
     started = time.monotonic()
     timeline = _Timeline(started)
 
-    def note(event: str) -> Callable[..., None]:
-        def listener(backend_id: str, *args: object) -> None:
-            timeline.add(f"{backend_id}: {event}")
-            if event in ("unhealthy", "ejected") and args:
-                errors.failed(backend_id, str(args[-1]))
+    def note(words: str) -> Callable[[str], None]:
+        return lambda backend_id: timeline.add(f"{backend_id}: {words}")
 
-        return listener
+    def failed(backend_id: str, words: str, error: str | None) -> None:
+        timeline.add(f"{backend_id}: {words}")
+        if error:
+            errors.failed(backend_id, error)
 
-    for event, words in (
-        ("backend-unhealthy", "unhealthy"),
-        ("backend-healthy", "healthy"),
-        ("backend-ejected", "ejected"),
-        ("backend-unejected", "back in rotation"),
-        ("breaker-open", "breaker open"),
-        ("breaker-half-open", "breaker half-open"),
-        ("breaker-closed", "breaker closed"),
-    ):
-        pool.on(event, note(words))
+    pool.on("backend-unhealthy", lambda bid, error: failed(bid, "unhealthy", error))
+    pool.on("backend-ejected", lambda bid, seconds, error: failed(bid, "ejected", error))
+    pool.on("backend-healthy", note("healthy"))
+    pool.on("backend-unejected", note("back in rotation"))
+    pool.on("breaker-open", note("breaker open"))
+    pool.on("breaker-half-open", note("breaker half-open"))
+    pool.on("breaker-closed", note("breaker closed"))
 
     stop = asyncio.Event()
 
@@ -122,14 +128,15 @@ async def _run(
         elapsed = time.monotonic() - started
         header = Text.assemble(
             ("wsclient demo", "bold"),
-            f"  t={elapsed:4.1f}s of {duration:.0f}s   {pool_line(stats)}\n",
-            f"round trips {sum(served.values())}   caller errors "
-            f"{sum(caller_errors.values())}   last: {timeline.last}",
+            f"  t={elapsed:4.1f}s/{duration:.0f}s  {pool_line(stats)}\n",
+            f"round trips {sum(served.values())}, caller errors "
+            f"{sum(caller_errors.values())}; last: {timeline.last}",
         )
+        wide = console.width >= WIDE
         table = backend_table(
-            health, stats, shares=shares.update(stats), errors=errors, served=served
+            health, stats, shares=shares.update(stats), errors=errors, error_column=wide
         )
-        return Group(header, table)
+        return Group(header, table) if wide else Group(header, table, error_lines(health, errors))
 
     async with pool:
         tasks = [asyncio.create_task(worker(n)) for n in range(n_workers)]
@@ -174,10 +181,10 @@ def _summary(
     console.print()
     console.print(
         f"[bold]summary[/bold]: {total} round trips in {duration:.0f}s "
-        f"({total / duration:.0f}/s), caller errors: "
+        f"({total / duration:.0f}/s; shares skewed by the faults), caller errors: "
         + (", ".join(f"{k}={v}" for k, v in sorted(caller_errors.items())) or "none")
     )
-    for (bid, b), weight in zip(stats.backends.items(), WEIGHTS):
+    for (bid, b), weight in zip(stats.backends.items(), WEIGHTS, strict=True):
         console.print(
             f"  {bid}: {served[bid] / total if total else 0:.0%} of traffic "
             f"(weight {weight}/{weight_total} = {weight / weight_total:.0%}), "
@@ -190,4 +197,6 @@ def _summary(
         f"  acquires: {a.immediate} immediate, {a.waited} waited (p99 {p99}), "
         f"{a.timeout} timed out, {a.no_backend} no backend"
     )
-    console.print("  timeline: " + "; ".join(f"{t:.1f}s {text}" for t, text in timeline.entries))
+    console.print("  timeline:")
+    for t, text in timeline.entries:
+        console.print(f"    {t:5.1f}s  {text}", highlight=False)

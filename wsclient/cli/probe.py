@@ -75,7 +75,7 @@ def _tls_info(conn: Connection) -> TlsInfo | None:
         alpn=ssl_object.selected_alpn_protocol(),
         subject=_name(cert.get("subject")),
         issuer=_name(cert.get("issuer")),
-        not_after=cert.get("notAfter"),  # type: ignore[arg-type]
+        not_after=str(cert["notAfter"]) if "notAfter" in cert else None,
     )
 
 

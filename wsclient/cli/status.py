@@ -19,7 +19,14 @@ from rich.console import Console, Group
 from rich.live import Live
 from rich.text import Text
 
-from wsclient.cli.view import ErrorClock, ShareWindow, backend_table, pool_line
+from wsclient.cli.view import (
+    WIDE,
+    ErrorClock,
+    ShareWindow,
+    backend_table,
+    error_lines,
+    pool_line,
+)
 from wsclient.config import PoolConfig
 from wsclient.pool import WebSocketPool
 
@@ -55,10 +62,14 @@ async def run_status(
             stats = pool.stats()
             health = pool.health_status()
             errors.update(health)
-            return Group(
-                Text(f"{os.fspath(path)}: {pool_line(stats)}"),
-                backend_table(health, stats, shares=shares.update(stats), errors=errors),
+            wide = console.width >= WIDE
+            table = backend_table(
+                health, stats, shares=shares.update(stats), errors=errors, error_column=wide
             )
+            header = Text(f"{os.fspath(path)}: {pool_line(stats)}")
+            if wide:
+                return Group(header, table)
+            return Group(header, table, error_lines(health, errors))
 
         if as_json:
             refreshes = 0

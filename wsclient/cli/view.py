@@ -9,6 +9,7 @@ from collections import deque
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
+from rich import box
 from rich.table import Table
 from rich.text import Text
 
@@ -93,21 +94,24 @@ def backend_table(
     errors: ErrorClock | None = None,
     title: str | None = None,
     served: Mapping[str, int] | None = None,
+    error_column: bool = True,
 ) -> Table:
     """One row per backend: health, breaker, ejected, latency, active/idle, share of
-    traffic, (served,) last error with its age."""
-    table = Table(title=title, title_justify="left", expand=False)
-    table.add_column("backend")
-    table.add_column("weight", justify="right")
-    table.add_column("health")
-    table.add_column("breaker")
+    traffic, (served,) last error with its age (``error_column=False``: left out, for
+    a narrow terminal; ``error_lines`` lists them instead)."""
+    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, padding=(0, 1))
+    table.add_column("backend", no_wrap=True)
+    table.add_column("w", justify="right")
+    table.add_column("health", no_wrap=True)
+    table.add_column("breaker", no_wrap=True)
     table.add_column("ejected")
-    table.add_column("latency ms", justify="right")
-    table.add_column("active/idle", justify="right")
+    table.add_column("latency", justify="right", no_wrap=True)
+    table.add_column("act/idle", justify="right")
     table.add_column("share", justify="right")
     if served is not None:
         table.add_column("served", justify="right")
-    table.add_column("last error", overflow="fold", max_width=48)
+    if error_column:
+        table.add_column("last error", overflow="fold", ratio=1, min_width=16)
     now = time.monotonic()
     for backend_id, h in health.items():
         b = stats.backends.get(backend_id)
@@ -118,24 +122,35 @@ def backend_table(
             _health_cell(h),
             Text(h.breaker, style=_BREAKER_STYLE.get(h.breaker, "")),
             Text("yes", style="bold red") if h.ejected else "no",
-            f"{h.latency:.1f}" if h.latency is not None else "-",
+            f"{h.latency:.1f}ms" if h.latency is not None else "-",
             f"{h.active}/{h.idle}",
             f"{share:.0%}",
         ]
         if served is not None:
             row.append(str(served.get(backend_id, 0)))
-        if errors is not None:
-            row.append(errors.describe(backend_id, now))
-        else:
-            row.append(h.last_error or "-")
+        if error_column:
+            row.append(errors.describe(backend_id, now) if errors else h.last_error or "-")
         table.add_row(*row)
     return table
+
+
+#: Below this many columns the errors go under the table, one line each.
+WIDE = 110
+
+
+def error_lines(health: Mapping[str, BackendHealth], errors: ErrorClock) -> Text:
+    now = time.monotonic()
+    lines = [
+        f"  {backend_id}: {errors.describe(backend_id, now)}"
+        for backend_id in health
+        if errors.describe(backend_id, now) != "-"
+    ]
+    return Text("last errors:\n" + "\n".join(lines) if lines else "last errors: none")
 
 
 def pool_line(stats: PoolStats) -> str:
     c = stats.connections
     return (
-        f"pool {stats.state}: {stats.size}/{stats.max_connections} open "
-        f"({c.active} active, {c.idle} idle, {c.connecting} connecting), "
-        f"{stats.pending_requests} waiting"
+        f"{stats.size}/{stats.max_connections} open: {c.active} active, {c.idle} idle, "
+        f"{c.connecting} connecting; {stats.pending_requests} waiting"
     )
