@@ -25,8 +25,9 @@ lint: $(STAMP)
 	$(VENV)/bin/mypy wsclient tests examples benchmarks
 	$(VENV)/bin/lint-imports
 
+# wsclient demo: local backends, traffic, faults, a live table; DEMO_ARGS="--duration 60"
 demo: $(STAMP)
-	$(PY) examples/demo.py
+	$(VENV)/bin/wsclient demo $(DEMO_ARGS)
 
 bench: $(STAMP)
 	$(PY) benchmarks/run.py

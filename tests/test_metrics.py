@@ -4,7 +4,9 @@ OpenTelemetry instruments read through the SDK's in-memory reader."""
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -213,3 +215,18 @@ async def test_uninstrumented_pool_has_no_timing(
     assert pool._timing is timing
     text = [f.name for f in registry.collect()]
     assert "wsclient_connection_wait_time_seconds" in text
+
+
+async def test_operating_example_runs(capsys: pytest.CaptureFixture[str]) -> None:
+    """`python examples/operating.py`: the scrape shows the connections and acquires, and
+    the stats the 2:1 shares."""
+    path = Path(__file__).resolve().parent.parent / "examples" / "operating.py"
+    spec = importlib.util.spec_from_file_location("example_operating", path)
+    assert spec is not None and spec.loader is not None
+    operating = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(operating)
+    await operating.main()
+    out = capsys.readouterr().out
+    assert 'wsclient_connections{backend="a",pool="orders",state="idle"} 2.0' in out, out
+    assert 'wsclient_acquires_total{outcome="immediate",pool="orders"} 30.0' in out, out
+    assert "acquires: 30, shares: a=67% b=33%" in out
