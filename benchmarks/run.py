@@ -14,6 +14,8 @@ process (see ``_servers.py``), so this process's event loop is the client alone:
 6. pool_costs    ``pool_costs.py`` in a child process: acquire+release vs a Queue pair,
                  2,000 queued acquires, membership changes and picks up to 10,000
                  backends (its JSON is embedded under ``"pool_costs"``).
+7. metrics_cost  ``metrics_cost.py`` in a child process: acquire+release with
+                 wsclient.metrics not enabled and enabled (``"metrics_cost"``).
 
 Results: ``benchmarks/results/bench-<UTC timestamp>.json`` and ``latest.json``; a table on
 stdout. ``--quick`` is a ~50 s smoke run; ``--profile`` runs cProfile over one pooled and
@@ -51,6 +53,8 @@ from typing import Any
 
 import aiohttp
 from _servers import EchoServers
+from metrics_cost import fmt_table as metrics_cost_table
+from metrics_cost import run_as_child as metrics_cost_child
 from pool_costs import fmt_table as pool_costs_table
 
 import wsclient
@@ -977,6 +981,9 @@ def fmt_table(res: dict[str, Any]) -> str:
     if pc:
         lines.append("6. pool_costs.py")
         lines.append(pool_costs_table(pc, indent="   "))
+    if res.get("metrics_cost"):
+        lines.append("7. metrics_cost.py")
+        lines.append(metrics_cost_table(res["metrics_cost"], indent="   "))
     return "\n".join(lines)
 
 
@@ -1019,6 +1026,7 @@ SCENARIOS: tuple[str, ...] = (
     "failover",
     "memory",
     "pool_costs",
+    "metrics_cost",
 )
 
 
@@ -1068,6 +1076,9 @@ async def run_suite(s: Settings, only: frozenset[str]) -> dict[str, Any]:
     if "pool_costs" in only:
         log("6. pool costs (pool_costs.py)")
         res["pool_costs"] = bench_pool_costs(s)
+    if "metrics_cost" in only:
+        log("7. metrics hot-path cost (metrics_cost.py)")
+        res["metrics_cost"] = metrics_cost_child(RESULTS, s.quick)
     res["environment"]["loadavg_end"] = list(os.getloadavg())
     res["environment"]["suite_seconds"] = round(time.monotonic() - t_start, 1)
     return res

@@ -53,6 +53,7 @@ rather than read half-updated state).
 from __future__ import annotations
 
 import concurrent.futures
+import functools
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -267,17 +268,36 @@ class PrometheusCollector:
 class Instrumentation:
     """What ``instrument()`` returns; ``close()`` stops reporting this pool."""
 
-    def __init__(self, pool: WebSocketPool, timing: PoolTiming, sink: Callable[..., None]):
-        self._pool = pool
+    def __init__(
+        self, timing: PoolTiming, sinks: dict[str, Callable[[float], None]], *, per_lease: bool
+    ) -> None:
         self._timing = timing
-        self._sink = sink
+        self._sinks = sinks
+        self._per_lease = per_lease
         self.active = True
+        self._attach(True)
+
+    def _attach(self, attach: bool) -> None:
+        timing = self._timing
+        for kind, receivers in (
+            ("instant", timing.instant_sinks),
+            ("wait", timing.wait_sinks),
+            ("use", timing.use_sinks),
+            ("create", timing.create_sinks),
+        ):
+            sink = self._sinks.get(kind)
+            if sink is None:
+                continue
+            if attach:
+                receivers.append(sink)
+            elif sink in receivers:
+                receivers.remove(sink)
 
     def close(self) -> None:
         """Stop recording and observing (the instruments stay registered, empty)."""
-        self.active = False
-        if self._sink in self._timing.sinks:
-            self._timing.sinks.remove(self._sink)
+        if self.active:
+            self.active = False
+            self._attach(False)
 
 
 def instrument(
@@ -286,9 +306,15 @@ def instrument(
     *,
     pool_name: str = "default",
     snapshot_timeout: float = 2.0,
+    per_lease: bool = True,
 ) -> Instrumentation:
     """Report ``pool`` through OpenTelemetry instruments (the global meter provider
-    unless one is given). Returns a handle whose ``close()`` stops it."""
+    unless one is given). Returns a handle whose ``close()`` stops it.
+
+    ``per_lease=False`` records no use time and no wait time for acquires served
+    at once: with the SDK each ``record()`` costs microseconds, which this keeps
+    off the hot path (waits that waited and connect times are still recorded).
+    """
     try:
         from opentelemetry import metrics as otel
     except ImportError:  # pragma: no cover - depends on the environment
@@ -312,18 +338,16 @@ def instrument(
             ("create", "Time to open a connection."),
         )
     }
-    wait_h, use_h, create_h = histograms["wait"], histograms["use"], histograms["create"]
-
-    def sink(kind: str, seconds: float) -> None:
-        if kind == "use":
-            use_h.record(seconds, base)
-        elif kind == "wait":
-            wait_h.record(seconds, base)
-        else:
-            create_h.record(seconds, base)
-
-    handle = Instrumentation(pool, timing, sink)
-    timing.sinks.append(sink)
+    # Bound ``record`` methods with the attributes fixed: no Python frame of ours
+    # between the pool's hook and the SDK.
+    sinks: dict[str, Callable[[float], None]] = {
+        kind: functools.partial(h.record, attributes=base) for kind, h in histograms.items()
+    }
+    if per_lease:
+        sinks["instant"] = sinks["wait"]
+    else:
+        del sinks["use"]
+    handle = Instrumentation(timing, sinks, per_lease=per_lease)
 
     def observe(
         rows: Callable[[_Snapshot], Iterable[tuple[float, dict[str, Any]]]],

@@ -37,8 +37,8 @@ BUCKETS: tuple[float, ...] = (
     10.0,
 )
 
-#: ``sink(kind, seconds)`` with kind ``"wait"``, ``"use"`` or ``"create"``.
-TimingSink = Callable[[str, float], None]
+#: ``sink(seconds)``: one observation (an OpenTelemetry histogram's bound ``record``).
+TimingSink = Callable[[float], None]
 
 
 class TimingHistogram:
@@ -71,7 +71,17 @@ class TimingHistogram:
 class PoolTiming:
     """What an instrumented pool records: the three histograms and lease start times."""
 
-    __slots__ = ("_leased", "create", "immediate_base", "sinks", "use", "wait")
+    __slots__ = (
+        "_leased",
+        "create",
+        "create_sinks",
+        "immediate_base",
+        "instant_sinks",
+        "use",
+        "use_sinks",
+        "wait",
+        "wait_sinks",
+    )
 
     def __init__(self, immediate_base: int = 0) -> None:
         #: acquires served at once before timing began (exporters subtract it)
@@ -79,25 +89,33 @@ class PoolTiming:
         self.wait = TimingHistogram()
         self.use = TimingHistogram()
         self.create = TimingHistogram()
-        self.sinks: list[TimingSink] = []
+        # Extra receivers of each observation; ``instant_sinks`` get 0.0 for every
+        # acquire served at once (an idle connection), ``wait_sinks`` the others.
+        self.instant_sinks: list[TimingSink] = []
+        self.wait_sinks: list[TimingSink] = []
+        self.use_sinks: list[TimingSink] = []
+        self.create_sinks: list[TimingSink] = []
         self._leased: dict[object, float] = {}
 
     def leased(self, link: object, now: float, waited: float | None = None) -> None:
         """A lease began at ``now``; ``waited``: seconds the acquire waited (None: at once,
         which the buckets derive from the pool's counts instead)."""
         self._leased[link] = now
-        if waited is not None:
-            self.wait.observe(waited)
-        for sink in self.sinks:
-            sink("wait", 0.0 if waited is None else waited)
+        if waited is None:
+            for sink in self.instant_sinks:
+                sink(0.0)
+            return
+        self.wait.observe(waited)
+        for sink in self.wait_sinks:
+            sink(waited)
 
     def released(self, link: object, now: float) -> None:
         started = self._leased.pop(link, None)
         if started is not None:
             seconds = now - started
             self.use.observe(seconds)
-            for sink in self.sinks:
-                sink("use", seconds)
+            for sink in self.use_sinks:
+                sink(seconds)
 
     def forget(self, link: object) -> None:
         """The lease ended without a release (closed under its lessee, pool closed)."""
@@ -105,8 +123,8 @@ class PoolTiming:
 
     def created(self, seconds: float) -> None:
         self.create.observe(seconds)
-        for sink in self.sinks:
-            sink("create", seconds)
+        for sink in self.create_sinks:
+            sink(seconds)
 
     def clear(self) -> None:
         self._leased.clear()
