@@ -4,13 +4,16 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
+DOCS_STAMP := $(VENV)/.docs-stamp
 DURATION ?= 60
 
-.PHONY: install test lint demo bench chaos clean
+.PHONY: install test lint docs demo bench chaos clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
+	@# the distribution was called "wsclient" until it became wsclient-pool: drop that install
+	$(PY) -m pip uninstall -q -y wsclient 2>/dev/null || true
 	$(PY) -m pip install -q -e '.[dev,redis]'
 	touch $(STAMP)
 
@@ -25,6 +28,14 @@ lint: $(STAMP)
 	$(VENV)/bin/mypy wsclient tests examples benchmarks
 	$(VENV)/bin/lint-imports
 
+$(DOCS_STAMP): $(STAMP)
+	$(PY) -m pip install -q -e '.[dev,redis,docs]'
+	touch $(DOCS_STAMP)
+
+# The API reference site (mkdocs-material + mkdocstrings) in site/; any warning fails it.
+docs: $(DOCS_STAMP)
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir site
+
 # wsclient demo: local backends, traffic, faults, a live table; DEMO_ARGS="--duration 60"
 demo: $(STAMP)
 	$(VENV)/bin/wsclient demo $(DEMO_ARGS)
@@ -36,4 +47,4 @@ chaos: $(STAMP)
 	$(PY) benchmarks/chaos.py --duration $(DURATION)
 
 clean:
-	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache
+	rm -rf $(VENV) build site *.egg-info .mypy_cache .ruff_cache

@@ -143,6 +143,13 @@ def test_from_env_reads_prefixed_variables_nested_json_and_null(
     assert isinstance(loaded.auth, BearerAuth)
 
 
+def test_auth_from_nested_variables_is_an_api_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    """WSCLIENT_AUTH__KEY / __HEADER build an ApiKeyAuth, as the dict form does."""
+    monkeypatch.setenv("WSCLIENT_AUTH__KEY", "k-1")
+    monkeypatch.setenv("WSCLIENT_AUTH__HEADER", "X-Service-Key")
+    assert PoolConfig.from_env().auth == ApiKeyAuth("k-1", header="X-Service-Key")
+
+
 def test_environment_errors_are_the_models_and_name_the_variable(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -166,6 +173,8 @@ def test_environment_errors_are_the_models_and_name_the_variable(
         ("WSCLIENT_MAX_CONECTIONS", "did you mean WSCLIENT_MAX_CONNECTIONS?"),
         ("WSCLIENT_HEALTH_CHECK__INTERVALL", "WSCLIENT_HEALTH_CHECK__INTERVALL names no"),
         ("WSCLIENT_MAX_CONNECTIONS__X", "WSCLIENT_MAX_CONNECTIONS__X names no"),
+        ("WSCLIENT_AUTH__KEYS", "WSCLIENT_AUTH__KEYS names no"),
+        ("WSCLIENT_BACKENDS__0__URL", "WSCLIENT_BACKENDS__0__URL names no"),
     ],
 )
 def test_unknown_variables_are_rejected(

@@ -10,6 +10,7 @@
 
 import logging
 
+from wsclient._version import __version__
 from wsclient.backend import BackendHealth
 from wsclient.balancers import Balancer, balancer_names, register_balancer
 from wsclient.codes import CloseCode, ConnectionState, describe_close_code
@@ -52,8 +53,6 @@ from wsclient.pool import WebSocketPool
 # (no "No handlers" fallback to stderr); see README "Operating".
 logging.getLogger("wsclient").addHandler(logging.NullHandler())
 
-__version__ = "0.1.0"
-
 __all__ = [
     "EVENTS",
     "AcquireTimeoutError",
@@ -90,6 +89,7 @@ __all__ = [
     "PoolOptions",
     "WSClientError",
     "WebSocketPool",
+    "__version__",
     "balancer_names",
     "connect",
     "describe_close_code",

@@ -138,27 +138,25 @@ def _unknown_variables(model: type[BaseModel], environ: Mapping[str, str]) -> li
         if not name.upper().startswith(ENV_PREFIX):
             continue
         path = _option_path(name)
-        fields = model.model_fields
-        for depth, part in enumerate(path):
-            if part not in fields:
+        fields: Mapping[str, Any] | None = model.model_fields
+        for part in path:
+            if fields is None or part not in fields:
+                # no such option, or WSCLIENT_MAX_CONNECTIONS__X: not a table
                 unknown.append(name)
                 break
-            nested = _nested_model(fields[part].annotation)
-            if nested is None:
-                if depth < len(path) - 1:
-                    unknown.append(name)  # WSCLIENT_MAX_CONNECTIONS__X: not a table
-                break
-            fields = nested.model_fields
+            fields = _nested_fields(fields[part].annotation)
     return unknown
 
 
-def _nested_model(annotation: Any) -> type[BaseModel] | None:
-    # HeartbeatConfig, or HeartbeatConfig | None: the options that are tables.
+def _nested_fields(annotation: Any) -> dict[str, Any] | None:
+    # The options that are tables: HeartbeatConfig, HeartbeatConfig | None, and
+    # auth (BearerAuth | ApiKeyAuth | ...: the fields of either). None: not a table.
     candidates = getattr(annotation, "__args__", (annotation,))
+    fields: dict[str, Any] = {}
     for candidate in candidates:
         if isinstance(candidate, type) and issubclass(candidate, BaseModel):
-            return candidate
-    return None
+            fields.update(candidate.model_fields)
+    return fields or None
 
 
 def _explain_unknown(model: type[BaseModel], name: str) -> str:
