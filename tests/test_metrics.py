@@ -22,6 +22,7 @@ from wsclient.testing import BackendProcess, BackendServer
 
 from .conftest import FAST, PoolFactory, until
 
+OPERATING_EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "operating.py"
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 
@@ -220,8 +221,7 @@ async def test_uninstrumented_pool_has_no_timing(
 async def test_operating_example_runs(capsys: pytest.CaptureFixture[str]) -> None:
     """`python examples/operating.py`: the scrape shows the connections and acquires, and
     the stats the 2:1 shares."""
-    path = Path(__file__).resolve().parent.parent / "examples" / "operating.py"
-    spec = importlib.util.spec_from_file_location("example_operating", path)
+    spec = importlib.util.spec_from_file_location("example_operating", OPERATING_EXAMPLE)
     assert spec is not None and spec.loader is not None
     operating = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(operating)

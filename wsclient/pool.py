@@ -824,10 +824,10 @@ class WebSocketPool(EventSource):
             raise PoolMisuseError("this connection is not leased from this pool")
         conn._link = None
         core = self._core
+        now = time.monotonic()  # one clock read for the timing hook and give_back
         if self._timing is not None:
-            self._timing.released(link, time.monotonic())
-        if link.state is _OPEN and not link.reading and not link.dirty and not link.ws.closed:
-            now = time.monotonic()
+            self._timing.released(link, now)
+        if link.state is _OPEN and not link.reading and not link.dirty and not link.ws.closed:  # noqa: SIM102
             if core.give_back(slot, now):
                 # The hot path: parked with nothing else to do; watched from the next
                 # loop iteration on (by then it is often leased again).
