@@ -649,7 +649,7 @@ class Connection:
 
     @staticmethod
     def _write_failed(link: _Link, exc: BaseException) -> ConnectionClosedError:
-        link.mark_closed(CloseCode.ABNORMAL_CLOSURE, f"write failed: {exc}")
+        link.mark_closed(CloseCode.ABNORMAL_CLOSURE, f"write failed: {describe_link_error(exc)}")
         return link.closed_error()
 
     async def ping(self, data: bytes = b"") -> None:
