@@ -14,33 +14,12 @@ three histograms are recorded per event and cost what the SDK's ``record()``
 costs (``make bench`` measures both).
 
 Names follow the OpenTelemetry connection-pool conventions
-(``db.client.connection.*``) with ``wsclient`` for ``db.client``:
-
-============================================  ===============================================
-OpenTelemetry                                 Prometheus
-============================================  ===============================================
-``wsclient.connection.count`` {state}         ``wsclient_connections{state}`` (idle, used,
-                                              connecting, closing; per backend)
-``wsclient.connection.max``                   ``wsclient_connections_max``
-``wsclient.connection.pending_requests``      ``wsclient_pending_requests``
-``wsclient.connection.timeouts``              ``wsclient_connection_timeouts_total``
-``wsclient.connection.wait_time`` (s)         ``wsclient_connection_wait_time_seconds``
-``wsclient.connection.use_time`` (s)          ``wsclient_connection_use_time_seconds``
-``wsclient.connection.create_time`` (s)       ``wsclient_connection_create_time_seconds``
-``wsclient.acquires`` {outcome}               ``wsclient_acquires_total{outcome}``
-``wsclient.backend.healthy``                  ``wsclient_backend_healthy``
-``wsclient.backend.breaker.state`` {state}    ``wsclient_backend_breaker_state{state}`` (1/0)
-``wsclient.backend.ejected``                  ``wsclient_backend_ejected``
-``wsclient.backend.share``                    ``wsclient_backend_share``
-``wsclient.backend.latency`` (s)              ``wsclient_backend_latency_seconds``
-``wsclient.backend.breaker.transitions``      ``wsclient_backend_breaker_transitions_total``
-``wsclient.backend.ejections``                ``wsclient_backend_ejections_total``
-``wsclient.backend.reconnects``               ``wsclient_backend_reconnects_total``
-``wsclient.backend.connections_lost``         ``wsclient_backend_connections_lost_total``
-============================================  ===============================================
-
-Every series carries ``pool`` (OTel: ``pool.name``) and, per backend,
-``backend`` (OTel: ``backend.id``).
+(``db.client.connection.*``, with ``wsclient`` for ``db.client``); each
+series is defined once, in ``_SERIES``, for both exporters (Prometheus
+spells ``wsclient.connection.count`` as ``wsclient_connections``, adds
+``_total`` to counters and ``_seconds`` to durations). README "Operating"
+lists them. Every series carries ``pool`` (OTel: ``pool.name``) and, per
+backend, ``backend`` (OTel: ``backend.id``).
 
 A pool belongs to its event loop's thread; a scrape or an export usually runs
 in another thread (``prometheus_client.start_http_server``, OTel's periodic
@@ -56,12 +35,12 @@ import concurrent.futures
 import functools
 import threading
 from collections.abc import Callable, Iterable, Iterator
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Literal, NamedTuple
 
 from wsclient.backend import BackendHealth
 from wsclient.breaker import BreakerState
 from wsclient.pool import WebSocketPool
-from wsclient.stats import PoolStats
+from wsclient.stats import BackendStats, PoolStats
 from wsclient.timing import BUCKETS, PoolTiming, TimingHistogram
 
 if TYPE_CHECKING:
@@ -110,14 +89,188 @@ def snapshot(pool: WebSocketPool, timeout: float = 2.0) -> _Snapshot:
         ) from None
 
 
-def _connection_rows(snap: _Snapshot) -> Iterator[tuple[str, str, int]]:
-    """(backend, state, count) with OTel's state names (``used`` for leased)."""
+Rows = Iterable[tuple[float, dict[str, str]]]
+
+
+def _connection_rows(snap: _Snapshot) -> Rows:
+    """Per backend and state, with OTel's state names (``used`` for leased)."""
     for backend_id, b in snap.stats.backends.items():
         c = b.connections
-        yield backend_id, "idle", c.idle
-        yield backend_id, "used", c.active
-        yield backend_id, "connecting", c.connecting
-        yield backend_id, "closing", c.closing
+        for state, n in (
+            ("idle", c.idle),
+            ("used", c.active),
+            ("connecting", c.connecting),
+            ("closing", c.closing),
+        ):
+            yield n, {"backend": backend_id, "state": state}
+
+
+def _per_backend(
+    value: Callable[[BackendStats, BackendHealth | None], float | None],
+) -> Callable[[_Snapshot], Rows]:
+    def rows(snap: _Snapshot) -> Rows:
+        for backend_id, b in snap.stats.backends.items():
+            v = value(b, snap.health.get(backend_id))
+            if v is not None:
+                yield v, {"backend": backend_id}
+
+    return rows
+
+
+def _breaker_rows(current: bool) -> Callable[[_Snapshot], Rows]:
+    def rows(snap: _Snapshot) -> Rows:
+        for backend_id, b in snap.stats.backends.items():
+            for state in _BREAKER_STATES:
+                v = float(b.breaker == state) if current else b.breaker_transitions[state]
+                yield v, {"backend": backend_id, "state": state}
+
+    return rows
+
+
+class _Series(NamedTuple):
+    """One series, for both exporters: its OTel name (Prometheus: dots become
+    underscores, ``_total`` added to counters, ``_seconds`` to durations)."""
+
+    name: str
+    kind: Literal["counter", "updown", "gauge"]  # OTel's observable instrument
+    unit: str
+    labels: tuple[str, ...]  # besides "pool"; OTel calls "backend" "backend.id"
+    doc: str
+    rows: Callable[[_Snapshot], Rows]
+
+
+_SERIES: tuple[_Series, ...] = (
+    _Series(
+        "wsclient.connection.count",
+        "updown",
+        "{connection}",
+        ("backend", "state"),
+        "Connections by backend and state (idle, used, connecting, closing).",
+        _connection_rows,
+    ),
+    _Series(
+        "wsclient.connection.max",
+        "updown",
+        "{connection}",
+        (),
+        "max_connections of the pool.",
+        lambda s: [(s.stats.max_connections, {})],
+    ),
+    _Series(
+        "wsclient.connection.pending_requests",
+        "updown",
+        "{request}",
+        (),
+        "Acquires waiting for a connection.",
+        lambda s: [(s.stats.pending_requests, {})],
+    ),
+    _Series(
+        "wsclient.connection.timeouts",
+        "counter",
+        "{timeout}",
+        (),
+        "Acquires that gave up with AcquireTimeoutError.",
+        lambda s: [(s.stats.acquires.timeout, {})],
+    ),
+    _Series(
+        "wsclient.acquires",
+        "counter",
+        "{acquire}",
+        ("outcome",),
+        "acquire() calls by outcome.",
+        lambda s: ((getattr(s.stats.acquires, o), {"outcome": o}) for o in _OUTCOMES),
+    ),
+    _Series(
+        "wsclient.backend.healthy",
+        "gauge",
+        "1",
+        ("backend",),
+        "1 if the active probe finds it healthy.",
+        _per_backend(lambda b, h: float(b.healthy)),
+    ),
+    _Series(
+        "wsclient.backend.breaker.state",
+        "gauge",
+        "1",
+        ("backend", "state"),
+        "1 for the circuit breaker's current state, 0 for the others.",
+        _breaker_rows(current=True),
+    ),
+    _Series(
+        "wsclient.backend.ejected",
+        "gauge",
+        "1",
+        ("backend",),
+        "1 while it is ejected from rotation.",
+        _per_backend(lambda b, h: float(b.ejected)),
+    ),
+    _Series(
+        "wsclient.backend.share",
+        "gauge",
+        "1",
+        ("backend",),
+        "Its fraction of all leases served.",
+        _per_backend(lambda b, h: b.share),
+    ),
+    _Series(
+        "wsclient.backend.latency",
+        "gauge",
+        "s",
+        ("backend",),
+        "Latency of the last probe.",
+        _per_backend(lambda b, h: None if h is None or h.latency is None else h.latency / 1000),
+    ),
+    _Series(
+        "wsclient.backend.breaker.transitions",
+        "counter",
+        "{transition}",
+        ("backend", "state"),
+        "Circuit-breaker transitions by the state entered.",
+        _breaker_rows(current=False),
+    ),
+    _Series(
+        "wsclient.backend.ejections",
+        "counter",
+        "{ejection}",
+        ("backend",),
+        "Times it was ejected.",
+        _per_backend(lambda b, h: b.ejections),
+    ),
+    _Series(
+        "wsclient.backend.reconnects",
+        "counter",
+        "{connection}",
+        ("backend",),
+        "Connections opened after a lost one or a failed connect.",
+        _per_backend(lambda b, h: b.reconnects),
+    ),
+    _Series(
+        "wsclient.backend.connections_lost",
+        "counter",
+        "{connection}",
+        ("backend",),
+        "Connections that ended on their own (peer close, error, missed pong).",
+        _per_backend(lambda b, h: b.lost),
+    ),
+)
+
+# (kind, description) of the three time histograms
+_HISTOGRAMS = (
+    ("wait", "Time an acquire waited for a connection (0 when one was idle)."),
+    ("use", "Time a connection stayed leased."),
+    ("create", "Time to open a connection (handshake and init)."),
+)
+
+
+def _prometheus_name(series: _Series) -> str:
+    name = series.name.replace(".", "_")
+    if name == "wsclient_connection_count":
+        return "wsclient_connections"  # a count of things, in Prometheus words
+    if name == "wsclient_connection_max":
+        return "wsclient_connections_max"
+    if name == "wsclient_connection_pending_requests":
+        return "wsclient_pending_requests"
+    return name + "_seconds" if series.unit == "s" else name
 
 
 # ---------------------------------------------------------------------- Prometheus
@@ -157,109 +310,28 @@ class PrometheusCollector:
             HistogramMetricFamily,
         )
 
-        pool = self._name
-        b_labels = ["pool", "backend"]
-        connections = GaugeMetricFamily(
-            "wsclient_connections",
-            "Connections by backend and state (idle, used, connecting, closing).",
-            labels=["pool", "backend", "state"],
-        )
-        pending = GaugeMetricFamily(
-            "wsclient_pending_requests", "Acquires waiting for a connection.", labels=["pool"]
-        )
-        maximum = GaugeMetricFamily(
-            "wsclient_connections_max", "max_connections of the pool.", labels=["pool"]
-        )
-        timeouts = CounterMetricFamily(
-            "wsclient_connection_timeouts",
-            "Acquires that gave up with AcquireTimeoutError.",
-            labels=["pool"],
-        )
-        acquires = CounterMetricFamily(
-            "wsclient_acquires", "acquire() calls by outcome.", labels=["pool", "outcome"]
-        )
-        healthy = GaugeMetricFamily(
-            "wsclient_backend_healthy", "1 if the active probe finds it healthy.", labels=b_labels
-        )
-        breaker = GaugeMetricFamily(
-            "wsclient_backend_breaker_state",
-            "1 for the circuit breaker's current state, 0 for the others.",
-            labels=["pool", "backend", "state"],
-        )
-        ejected = GaugeMetricFamily(
-            "wsclient_backend_ejected", "1 while it is ejected from rotation.", labels=b_labels
-        )
-        share = GaugeMetricFamily(
-            "wsclient_backend_share", "Its fraction of all leases served.", labels=b_labels
-        )
-        latency = GaugeMetricFamily(
-            "wsclient_backend_latency_seconds", "Latency of the last probe.", labels=b_labels
-        )
-        transitions = CounterMetricFamily(
-            "wsclient_backend_breaker_transitions",
-            "Circuit-breaker transitions by the state entered.",
-            labels=["pool", "backend", "state"],
-        )
-        ejections = CounterMetricFamily(
-            "wsclient_backend_ejections", "Times it was ejected.", labels=b_labels
-        )
-        reconnects = CounterMetricFamily(
-            "wsclient_backend_reconnects",
-            "Connections opened after a lost one or a failed connect.",
-            labels=b_labels,
-        )
-        lost = CounterMetricFamily(
-            "wsclient_backend_connections_lost",
-            "Connections that ended on their own (peer close, error, missed pong).",
-            labels=b_labels,
-        )
-        histograms = [
-            ("wait", "Time an acquire waited for a connection (0 when one was idle)."),
-            ("use", "Time a connection stayed leased."),
-            ("create", "Time to open a connection (handshake and init)."),
-        ]
-        if snap is not None:
-            stats = snap.stats
-            for backend_id, state, count in _connection_rows(snap):
-                connections.add_metric([pool, backend_id, state], count)
-            pending.add_metric([pool], stats.pending_requests)
-            maximum.add_metric([pool], stats.max_connections)
-            timeouts.add_metric([pool], stats.acquires.timeout)
-            counts = stats.acquires.model_dump()
-            for outcome in _OUTCOMES:
-                acquires.add_metric([pool, outcome], counts[outcome])
-            for backend_id, b in stats.backends.items():
-                labels = [pool, backend_id]
-                healthy.add_metric(labels, float(b.healthy))
-                for state in _BREAKER_STATES:
-                    breaker.add_metric([*labels, state], float(b.breaker == state))
-                    transitions.add_metric([*labels, state], b.breaker_transitions[state])
-                ejected.add_metric(labels, float(b.ejected))
-                share.add_metric(labels, b.share)
-                health = snap.health.get(backend_id)
-                if health is not None and health.latency is not None:
-                    latency.add_metric(labels, health.latency / 1000)
-                ejections.add_metric(labels, b.ejections)
-                reconnects.add_metric(labels, b.reconnects)
-                lost.add_metric(labels, b.lost)
-        yield from (connections, pending, maximum, timeouts, acquires)
-        for kind, doc in histograms:
-            family = HistogramMetricFamily(
-                f"wsclient_connection_{kind}_time_seconds", doc, labels=["pool"]
-            )
+        for series in _SERIES:
+            labels = ["pool", *series.labels]
+            family_type = CounterMetricFamily if series.kind == "counter" else GaugeMetricFamily
+            family = family_type(_prometheus_name(series), series.doc, labels=labels)
+            if snap is not None:
+                for value, attrs in series.rows(snap):
+                    family.add_metric([self._name, *(attrs[k] for k in series.labels)], value)
+            yield family
+        bounds = [repr(b) for b in BUCKETS] + ["+Inf"]
+        for kind, doc in _HISTOGRAMS:
+            name = f"wsclient_connection_{kind}_time_seconds"
+            histogram_family = HistogramMetricFamily(name, doc, labels=["pool"])
             if snap is not None:
                 immediate = 0
-                if kind == "wait":
+                if kind == "wait":  # acquires served at once: 0 s, in the lowest bucket
                     immediate = max(0, snap.stats.acquires.immediate - self._timing.immediate_base)
                 histogram: TimingHistogram = getattr(self._timing, kind)
                 cumulative = histogram.cumulative(immediate)
-                bounds = [repr(b) for b in BUCKETS] + ["+Inf"]
-                family.add_metric(
-                    [pool], list(zip(bounds, cumulative, strict=True)), sum_value=histogram.sum
+                histogram_family.add_metric(
+                    [self._name], list(zip(bounds, cumulative, strict=True)), histogram.sum
                 )
-            yield family
-        yield from (healthy, breaker, ejected, share, latency)
-        yield from (transitions, ejections, reconnects, lost)
+            yield histogram_family
 
 
 # ---------------------------------------------------------------------- OpenTelemetry
@@ -332,11 +404,7 @@ def instrument(
             description=doc,
             explicit_bucket_boundaries_advisory=BUCKETS,
         )
-        for kind, doc in (
-            ("wait", "Time an acquire waited for a connection."),
-            ("use", "Time a connection stayed leased."),
-            ("create", "Time to open a connection."),
-        )
+        for kind, doc in _HISTOGRAMS
     }
     # Bound ``record`` methods with the attributes fixed: no Python frame of ours
     # between the pool's hook and the SDK.
@@ -349,124 +417,29 @@ def instrument(
         del sinks["use"]
     handle = Instrumentation(timing, sinks, per_lease=per_lease)
 
-    def observe(
-        rows: Callable[[_Snapshot], Iterable[tuple[float, dict[str, Any]]]],
-    ) -> Callable[[CallbackOptions], Iterable[Observation]]:
-        def callback(options: CallbackOptions) -> Iterable[Observation]:
+    def callback(series: _Series) -> Callable[[CallbackOptions], Iterable[Observation]]:
+        def observe(options: CallbackOptions) -> Iterable[Observation]:
             if not handle.active:
                 return []
             snap = snapshot(pool, snapshot_timeout)
-            return [otel.Observation(value, {**base, **attrs}) for value, attrs in rows(snap)]
+            return [
+                otel.Observation(value, {**base, **_otel_attributes(attrs)})
+                for value, attrs in series.rows(snap)
+            ]
 
-        return callback
+        return observe
 
-    def per_backend(
-        value: Callable[[Any, BackendHealth | None], float | None],
-    ) -> Callable[[_Snapshot], Iterator[tuple[float, dict[str, Any]]]]:
-        def rows(snap: _Snapshot) -> Iterator[tuple[float, dict[str, Any]]]:
-            for backend_id, b in snap.stats.backends.items():
-                v = value(b, snap.health.get(backend_id))
-                if v is not None:
-                    yield v, {"backend.id": backend_id}
-
-        return rows
-
-    def breaker_rows(field: str) -> Callable[[_Snapshot], Iterator[tuple[float, dict[str, Any]]]]:
-        def rows(snap: _Snapshot) -> Iterator[tuple[float, dict[str, Any]]]:
-            for backend_id, b in snap.stats.backends.items():
-                for state in _BREAKER_STATES:
-                    if field == "state":
-                        v = float(b.breaker == state)
-                    else:
-                        v = b.breaker_transitions[state]
-                    yield v, {"backend.id": backend_id, "state": state}
-
-        return rows
-
-    meter.create_observable_up_down_counter(
-        "wsclient.connection.count",
-        [
-            observe(
-                lambda s: (
-                    (n, {"backend.id": b, "state": state}) for b, state, n in _connection_rows(s)
-                )
-            )
-        ],
-        unit="{connection}",
-        description="Connections by backend and state (idle, used, connecting, closing).",
-    )
-    meter.create_observable_up_down_counter(
-        "wsclient.connection.max",
-        [observe(lambda s: [(s.stats.max_connections, {})])],
-        unit="{connection}",
-        description="max_connections of the pool.",
-    )
-    meter.create_observable_up_down_counter(
-        "wsclient.connection.pending_requests",
-        [observe(lambda s: [(s.stats.pending_requests, {})])],
-        unit="{request}",
-        description="Acquires waiting for a connection.",
-    )
-    meter.create_observable_counter(
-        "wsclient.connection.timeouts",
-        [observe(lambda s: [(s.stats.acquires.timeout, {})])],
-        unit="{timeout}",
-        description="Acquires that gave up with AcquireTimeoutError.",
-    )
-    meter.create_observable_counter(
-        "wsclient.acquires",
-        [
-            observe(
-                lambda s: ((s.stats.acquires.model_dump()[o], {"outcome": o}) for o in _OUTCOMES)
-            )
-        ],
-        unit="{acquire}",
-        description="acquire() calls by outcome.",
-    )
-    gauges: list[tuple[str, str, str, Callable[[Any, BackendHealth | None], float | None]]] = [
-        ("healthy", "1", "1 if the active probe finds it healthy.", lambda b, h: float(b.healthy)),
-        ("ejected", "1", "1 while it is ejected from rotation.", lambda b, h: float(b.ejected)),
-        ("share", "1", "Its fraction of all leases served.", lambda b, h: b.share),
-        (
-            "latency",
-            "s",
-            "Latency of the last probe.",
-            lambda b, h: None if h is None or h.latency is None else h.latency / 1000,
-        ),
-    ]
-    for name, unit, doc, value in gauges:
-        meter.create_observable_gauge(
-            f"wsclient.backend.{name}", [observe(per_backend(value))], unit=unit, description=doc
-        )
-    meter.create_observable_gauge(
-        "wsclient.backend.breaker.state",
-        [observe(breaker_rows("state"))],
-        unit="1",
-        description="1 for the circuit breaker's current state, 0 for the others.",
-    )
-    meter.create_observable_counter(
-        "wsclient.backend.breaker.transitions",
-        [observe(breaker_rows("transitions"))],
-        unit="{transition}",
-        description="Circuit-breaker transitions by the state entered.",
-    )
-    counters: list[tuple[str, str, str, Callable[[Any, BackendHealth | None], float | None]]] = [
-        ("ejections", "{ejection}", "Times it was ejected.", lambda b, h: b.ejections),
-        (
-            "reconnects",
-            "{connection}",
-            "Connections opened after a lost one or a failed connect.",
-            lambda b, h: b.reconnects,
-        ),
-        (
-            "connections_lost",
-            "{connection}",
-            "Connections that ended on their own.",
-            lambda b, h: b.lost,
-        ),
-    ]
-    for name, unit, doc, value in counters:
-        meter.create_observable_counter(
-            f"wsclient.backend.{name}", [observe(per_backend(value))], unit=unit, description=doc
+    create = {
+        "counter": meter.create_observable_counter,
+        "updown": meter.create_observable_up_down_counter,
+        "gauge": meter.create_observable_gauge,
+    }
+    for series in _SERIES:
+        create[series.kind](
+            series.name, [callback(series)], unit=series.unit, description=series.doc
         )
     return handle
+
+
+def _otel_attributes(attrs: dict[str, str]) -> dict[str, str]:
+    return {("backend.id" if k == "backend" else k): v for k, v in attrs.items()}
