@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from _servers import EchoServers
+from pool_costs import _pool_pairs as _pairs  # the same measured loop as pool_costs.py
 
 from wsclient import WebSocketPool
 
@@ -44,15 +45,6 @@ DEFAULT_JSON = HERE / "results" / "metrics_cost.json"
 TARGET_ENABLED_NS = 1_000.0
 ARMS = ("off", "off_control", "prometheus", "otel_noop", "otel_sdk", "otel_sdk_lean")
 ENABLED = ARMS[2:]
-
-
-async def _pairs(pool: WebSocketPool, n: int) -> float:
-    acquire, release = pool.acquire, pool.release
-    t0 = time.perf_counter_ns()
-    for _ in range(n):
-        conn = await acquire()
-        release(conn)
-    return (time.perf_counter_ns() - t0) / n
 
 
 def _hook_check_ns(n: int = 2_000_000) -> float:

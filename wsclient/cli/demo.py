@@ -18,14 +18,7 @@ from rich.console import Console, Group
 from rich.live import Live
 from rich.text import Text
 
-from wsclient.cli.view import (
-    WIDE,
-    ErrorClock,
-    ShareWindow,
-    backend_table,
-    error_lines,
-    pool_line,
-)
+from wsclient.cli.view import LiveView, pool_line
 from wsclient.config import Backend
 from wsclient.errors import WSClientError
 from wsclient.pool import WebSocketPool
@@ -83,8 +76,8 @@ async def _run(
     )
     served: Counter[str] = Counter()
     caller_errors: Counter[str] = Counter()
-    errors = ErrorClock()
-    shares = ShareWindow()
+    view = LiveView(pool)
+    errors = view.errors
     started = time.monotonic()
     timeline = _Timeline(started)
 
@@ -122,21 +115,15 @@ async def _run(
             await asyncio.sleep(0.005)
 
     def frame() -> Group:
-        stats = pool.stats()
-        health = pool.health_status()
-        errors.update(health)
-        elapsed = time.monotonic() - started
-        header = Text.assemble(
-            ("wsclient demo", "bold"),
-            f"  t={elapsed:4.1f}s/{duration:.0f}s  {pool_line(stats)}\n",
-            f"round trips {sum(served.values())}, caller errors "
-            f"{sum(caller_errors.values())}; last: {timeline.last}",
-        )
-        wide = console.width >= WIDE
-        table = backend_table(
-            health, stats, shares=shares.update(stats), errors=errors, error_column=wide
-        )
-        return Group(header, table) if wide else Group(header, table, error_lines(health, errors))
+        def header(stats: PoolStats) -> Text:
+            return Text.assemble(
+                ("wsclient demo", "bold"),
+                f"  t={time.monotonic() - started:4.1f}s/{duration:.0f}s  {pool_line(stats)}\n",
+                f"round trips {sum(served.values())}, caller errors "
+                f"{sum(caller_errors.values())}; last: {timeline.last}",
+            )
+
+        return view.frame(console, header)
 
     async with pool:
         tasks = [asyncio.create_task(worker(n)) for n in range(n_workers)]

@@ -19,14 +19,7 @@ from rich.console import Console, Group
 from rich.live import Live
 from rich.text import Text
 
-from wsclient.cli.view import (
-    WIDE,
-    ErrorClock,
-    ShareWindow,
-    backend_table,
-    error_lines,
-    pool_line,
-)
+from wsclient.cli.view import LiveView, pool_line
 from wsclient.config import PoolConfig
 from wsclient.pool import WebSocketPool
 
@@ -55,21 +48,10 @@ async def run_status(
     config = load_config(os.fspath(path))
     async with WebSocketPool(config) as pool:
         await pool.check_health()
-        errors = ErrorClock()
-        shares = ShareWindow()
+        view = LiveView(pool)
 
         def frame() -> Group:
-            stats = pool.stats()
-            health = pool.health_status()
-            errors.update(health)
-            wide = console.width >= WIDE
-            table = backend_table(
-                health, stats, shares=shares.update(stats), errors=errors, error_column=wide
-            )
-            header = Text(f"{os.fspath(path)}: {pool_line(stats)}")
-            if wide:
-                return Group(header, table)
-            return Group(header, table, error_lines(health, errors))
+            return view.frame(console, lambda stats: Text(f"{os.fspath(path)}: {pool_line(stats)}"))
 
         if as_json:
             refreshes = 0

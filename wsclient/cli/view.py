@@ -6,14 +6,16 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
 from rich import box
+from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
 
 from wsclient.backend import BackendHealth
+from wsclient.pool import WebSocketPool
 from wsclient.stats import PoolStats
 
 
@@ -154,3 +156,25 @@ def pool_line(stats: PoolStats) -> str:
         f"{stats.size}/{stats.max_connections} open: {c.active} active, {c.idle} idle, "
         f"{c.connecting} connecting; {stats.pending_requests} waiting"
     )
+
+
+class LiveView:
+    """A pool's table for a live display: errors with their age, recent shares; the
+    errors go under the table on a terminal narrower than ``WIDE``."""
+
+    def __init__(self, pool: WebSocketPool) -> None:
+        self.pool = pool
+        self.errors = ErrorClock()
+        self.shares = ShareWindow()
+
+    def frame(self, console: Console, header: Callable[[PoolStats], Text]) -> Group:
+        stats = self.pool.stats()
+        health = self.pool.health_status()
+        self.errors.update(health)
+        wide = console.width >= WIDE
+        table = backend_table(
+            health, stats, shares=self.shares.update(stats), errors=self.errors, error_column=wide
+        )
+        if wide:
+            return Group(header(stats), table)
+        return Group(header(stats), table, error_lines(health, self.errors))
