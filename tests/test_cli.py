@@ -155,11 +155,14 @@ async def test_status_json_validates_against_the_schemas(
 
 
 async def test_status_table(backends: list[BackendServer], tmp_path: Path) -> None:
-    """Without --json: a table of the backends."""
+    """Without --json: a table of the backends; --watch redraws it (--count ends it)."""
     config = write_config(tmp_path, backends)
     code, out, err = await run("status", str(config))
     assert code == 0, err
     assert re.search(r"b0 +1 +healthy +closed +no", out) and "b1" in out, out
+    code, out, err = await run("status", str(config), "--watch", "--count=2", "--interval=0.2")
+    assert code == 0, err
+    assert re.search(r"b1 +2 +healthy +closed +no", out), out
 
 
 def test_bad_input_exits_2_naming_what_was_wrong(
