@@ -176,9 +176,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="wsclient.metrics hot-path cost")
     parser.add_argument("--quick", action="store_true", help="fewer, shorter rounds")
     parser.add_argument("--json", type=Path, default=DEFAULT_JSON, help="JSON output path")
+    parser.add_argument("--smoke", action="store_true", help=argparse.SUPPRESS)  # tests
     args = parser.parse_args(argv)
     logging.getLogger("wsclient").setLevel(logging.ERROR)
     iterations, rounds = (10_000, 7) if args.quick else (20_000, 21)
+    if args.smoke:
+        iterations, rounds = 500, 3
 
     async def run() -> dict[str, Any]:
         with EchoServers(1) as servers:
