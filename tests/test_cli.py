@@ -254,3 +254,43 @@ async def test_probe_plain_ws(backends: list[BackendServer]) -> None:
     report = ProbeReport.model_validate(json.loads(out))
     assert report.tls is None and report.subprotocol is None and report.compression is None
     assert report.remote_address is not None and report.remote_address.startswith("127.0.0.1")
+
+
+def test_error_clock_shows_current_errors_with_age_and_clears_on_recovery() -> None:
+    """The live view's rule: an error shows with its age while the backend is not back
+    to normal (a failed probe under the threshold counts), a repeat keeps its start, a
+    fresh failure restarts it, and recovery clears it though last_error stays."""
+    from wsclient.cli.view import ErrorClock
+
+    def health(**changes: object) -> dict[str, BackendHealth]:
+        fields: dict[str, object] = {
+            "id": "b",
+            "url": "ws://b/ws",
+            "healthy": True,
+            "eligible": True,
+            "latency": 1.0,
+            "last_check": 0.0,
+            "breaker": "closed",
+            "active": 0,
+            "idle": 1,
+            "connecting": 0,
+            "consecutive_failures": 0,
+            "weight": 1,
+            "effective_weight": 1.0,
+            "last_error": None,
+            "retry_in": 0.0,
+            "ejected": False,
+        }
+        fields.update(changes)
+        return {"b": BackendHealth.model_validate(fields)}
+
+    clock = ErrorClock()
+    clock.update(health(), now=0.0)
+    assert clock.describe("b", now=1.0) == "-"
+    clock.update(health(consecutive_failures=1, last_error="refused"), now=10.0)
+    clock.update(health(consecutive_failures=2, last_error="refused"), now=12.0)
+    assert clock.describe("b", now=15.0) == "refused (5s ago)"
+    clock.failed("b", "refused", now=14.0)  # an event: a new failure, same words
+    assert clock.describe("b", now=15.0) == "refused (1s ago)"
+    clock.update(health(last_error="refused"), now=20.0)  # recovered; history stays
+    assert clock.describe("b", now=21.0) == "-"

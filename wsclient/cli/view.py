@@ -29,7 +29,8 @@ class ErrorClock:
 
     ``health_status()`` keeps the last error forever (it is history); a live view
     shows it only while the backend is not back to normal (healthy, breaker
-    closed, not ejected), with its age, so no stale error follows a recovery.
+    closed, not ejected, no failure since its last success), with its age, so
+    no stale error follows a recovery.
     """
 
     def __init__(self) -> None:
@@ -45,7 +46,9 @@ class ErrorClock:
     def update(self, health: Mapping[str, BackendHealth], now: float | None = None) -> None:
         now = time.monotonic() if now is None else now
         for backend_id, h in health.items():
-            recovered = h.healthy and h.breaker == "closed" and not h.ejected
+            recovered = (
+                h.healthy and h.breaker == "closed" and not h.ejected and not h.consecutive_failures
+            )
             current = self._errors.get(backend_id)
             if recovered:
                 self._errors.pop(backend_id, None)
