@@ -186,8 +186,9 @@ def test_bad_input_exits_2_naming_what_was_wrong(
 
 def test_probe_unreachable_exits_1(capsys: pytest.CaptureFixture[str]) -> None:
     """A refused port: exit 1, saying so."""
-    assert main(["probe", "ws://127.0.0.1:9/ws", "--count", "1", "--timeout", "2"]) == 1
-    assert "refused" in capsys.readouterr().err.lower()
+    assert main(["probe", "ws://127.0.0.1:9/ws?key=s3cret", "--count=1", "--timeout=2"]) == 1
+    err = capsys.readouterr().err
+    assert "refused" in err.lower() and "s3cret" not in err
 
 
 @contextlib.asynccontextmanager
@@ -248,9 +249,11 @@ async def test_probe_reports_handshake_rtt_protocol_compression_and_tls(
 
 
 async def test_probe_plain_ws(backends: list[BackendServer]) -> None:
-    """A ws:// backend: no TLS, no subprotocol, no compression offered."""
-    code, out, err = await run("probe", backends[0].url, "--count", "3", "--json")
+    """A ws:// backend: no TLS, no subprotocol, no compression offered; a token in the
+    URL's query string is not printed."""
+    code, out, err = await run("probe", backends[0].url + "?token=s3cret", "--count=3", "--json")
     assert code == 0, err
+    assert "s3cret" not in out + err  # the URL is shown with its query values masked
     report = ProbeReport.model_validate(json.loads(out))
     assert report.tls is None and report.subprotocol is None and report.compression is None
     assert report.remote_address is not None and report.remote_address.startswith("127.0.0.1")

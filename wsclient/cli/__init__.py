@@ -135,6 +135,7 @@ def _probe(console: Any, args: argparse.Namespace, options: dict[str, Any]) -> i
     from pydantic import ValidationError
 
     from wsclient.cli.probe import report_lines, run_probe
+    from wsclient.config import redact_url
     from wsclient.errors import ConnectError
 
     try:
@@ -143,7 +144,7 @@ def _probe(console: Any, args: argparse.Namespace, options: dict[str, Any]) -> i
         print(f"wsclient probe: {exc}", file=sys.stderr)
         return 2
     except (ConnectError, TimeoutError) as exc:
-        print(f"wsclient probe: {args.url}: {exc or 'timed out'}", file=sys.stderr)
+        print(f"wsclient probe: {redact_url(args.url)}: {exc or 'timed out'}", file=sys.stderr)
         return 1
     if args.json:
         print(json.dumps(report.model_dump(mode="json")))

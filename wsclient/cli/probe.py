@@ -15,6 +15,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
+from wsclient.config import redact_url
 from wsclient.connection import Connection, connect
 
 
@@ -96,7 +97,7 @@ async def run_probe(url: str, count: int, timeout: float, options: dict[str, Any
         compress = link.ws.compress
         remote = conn.remote_address
         report = ProbeReport(
-            url=url,
+            url=redact_url(url),  # the report is printed: no token from the query string
             remote_address=f"{remote[0]}:{remote[1]}" if remote else None,
             handshake_ms=round(handshake_ms, 3),
             pings=count,
