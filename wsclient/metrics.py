@@ -340,12 +340,9 @@ class PrometheusCollector:
 class Instrumentation:
     """What ``instrument()`` returns; ``close()`` stops reporting this pool."""
 
-    def __init__(
-        self, timing: PoolTiming, sinks: dict[str, Callable[[float], None]], *, per_lease: bool
-    ) -> None:
+    def __init__(self, timing: PoolTiming, sinks: dict[str, Callable[[float], None]]) -> None:
         self._timing = timing
-        self._sinks = sinks
-        self._per_lease = per_lease
+        self._sinks = sinks  # histogram kind ("instant" = zero waits) -> bound record()
         self.active = True
         self._attach(True)
 
@@ -415,7 +412,7 @@ def instrument(
         sinks["instant"] = sinks["wait"]
     else:
         del sinks["use"]
-    handle = Instrumentation(timing, sinks, per_lease=per_lease)
+    handle = Instrumentation(timing, sinks)
 
     def callback(series: _Series) -> Callable[[CallbackOptions], Iterable[Observation]]:
         def observe(options: CallbackOptions) -> Iterable[Observation]:
