@@ -230,3 +230,23 @@ async def test_operating_example_runs(capsys: pytest.CaptureFixture[str]) -> Non
     assert 'wsclient_connections{backend="a",pool="orders",state="idle"} 2.0' in out, out
     assert 'wsclient_acquires_total{outcome="immediate",pool="orders"} 30.0' in out, out
     assert "acquires: 30, shares: a=67% b=33%" in out
+
+
+async def test_opentelemetry_per_lease_false_records_only_slow_path_times(
+    servers: list[BackendServer], make_pool: PoolFactory
+) -> None:
+    """per_lease=False: no use time and no zero wait per immediate acquire (the SDK's
+    record() stays off the hot path); waits that waited and connects still recorded."""
+    reader = InMemoryMetricReader()
+    provider = MeterProvider(metric_readers=[reader])
+    pool = await make_pool(servers[:1], min_connections=0, max_connections=1)
+    instrument(pool, provider, per_lease=False)
+    for _ in range(3):  # the first waits for the open, the others find it idle
+        async with pool.acquire():
+            pass
+    found = points(reader)
+    assert by_attrs(found, "wsclient.connection.wait_time").count == 1
+    assert by_attrs(found, "wsclient.connection.create_time").count == 1
+    assert "wsclient.connection.use_time" not in found
+    assert by_attrs(found, "wsclient.acquires", outcome="immediate").value == 2
+    provider.shutdown()
