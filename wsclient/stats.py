@@ -84,7 +84,9 @@ class AcquireCounts(_Frozen):
     timeout: int = Field(description="Gave up with AcquireTimeoutError.")
     no_backend: int = Field(description="Failed with NoHealthyBackendError.")
     cancelled: int = Field(description="The caller cancelled while waiting.")
-    closed: int = Field(description="Refused or failed because the pool was closing.")
+    closed: int = Field(
+        description="Refused or failed: the pool was not running (not started, closing, closed)."
+    )
 
 
 class WaitTimeSummary(_Frozen):
