@@ -36,8 +36,9 @@ $(DOCS_STAMP): $(STAMP)
 docs: $(DOCS_STAMP)
 	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir site
 
+# wsclient demo: local backends, traffic, faults, a live table; DEMO_ARGS="--duration 60"
 demo: $(STAMP)
-	$(PY) examples/demo.py
+	$(VENV)/bin/wsclient demo $(DEMO_ARGS)
 
 bench: $(STAMP)
 	$(PY) benchmarks/run.py

@@ -17,6 +17,8 @@ process (see ``_servers.py``), so this process's event loop is the client alone:
 7. request      ``request_vs_acquire.py`` in a child process: pool.request vs
                  acquire/send/receive/release, 256 callers over 8 connections
                  (its JSON is embedded under ``"request_vs_acquire"``).
+8. metrics_cost  ``metrics_cost.py`` in a child process: acquire+release with
+                 wsclient.metrics not enabled and enabled (``"metrics_cost"``).
 
 Results: ``benchmarks/results/bench-<UTC timestamp>.json`` and ``latest.json``; a table on
 stdout. ``--quick`` is a ~50 s smoke run; ``--profile`` runs cProfile over one pooled and
@@ -54,6 +56,8 @@ from typing import Any
 
 import aiohttp
 from _servers import EchoServers
+from metrics_cost import fmt_table as metrics_cost_table
+from metrics_cost import run_as_child as metrics_cost_child
 from pool_costs import fmt_table as pool_costs_table
 
 import wsclient
@@ -628,7 +632,7 @@ async def failover_trial(config: dict[str, Any], s: Settings) -> dict[str, Any]:
         tasks.append(asyncio.create_task(watch()))
         await asyncio.sleep(1.0)
         ok_before = stats["ok"]
-        failures_before = pool.stats["open_failures"]
+        failures_before = pool.stats().open_failures
         kill_at = clock()
         servers[0].kill()
         deadline = kill_at + s.failover_cap_seconds
@@ -659,7 +663,7 @@ async def failover_trial(config: dict[str, Any], s: Settings) -> dict[str, Any]:
             "detected": marks["ineligible"] is not None,
             "detected_by": detected_by,
             "victim_connections_closed": sum(1 for e in events if e[1] == ev.CONNECTION_CLOSED),
-            "pool_open_failures_after_kill": pool.stats["open_failures"] - failures_before,
+            "pool_open_failures_after_kill": pool.stats().open_failures - failures_before,
             "ineligible_after_s": rel(marks["ineligible"]),
             "last_pick_after_s": rel(marks["last_pick"]),
             "last_handout_after_s": rel(marks["last_handout"]),
@@ -980,6 +984,9 @@ def fmt_table(res: dict[str, Any]) -> str:
     if pc:
         lines.append("6. pool_costs.py")
         lines.append(pool_costs_table(pc, indent="   "))
+    if res.get("metrics_cost"):
+        lines.append("7. metrics_cost.py")
+        lines.append(metrics_cost_table(res["metrics_cost"], indent="   "))
     return "\n".join(lines)
 
 
@@ -1023,6 +1030,7 @@ SCENARIOS: tuple[str, ...] = (
     "memory",
     "pool_costs",
     "request",
+    "metrics_cost",
 )
 
 
@@ -1084,6 +1092,9 @@ async def run_suite(s: Settings, only: frozenset[str]) -> dict[str, Any]:
     if "request" in only:
         log("7. pool.request vs acquire/send/receive/release (request_vs_acquire.py)")
         res["request_vs_acquire"] = bench_request(s)
+    if "metrics_cost" in only:
+        log("8. metrics hot-path cost (metrics_cost.py)")
+        res["metrics_cost"] = metrics_cost_child(RESULTS, s.quick)
     res["environment"]["loadavg_end"] = list(os.getloadavg())
     res["environment"]["suite_seconds"] = round(time.monotonic() - t_start, 1)
     return res

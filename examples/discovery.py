@@ -33,7 +33,7 @@ async def main() -> None:
                 print("backends:", [(x.id, x.weight) for x in pool.backends])
                 path.write_text("{ not json")  # a broken edit: the last good list stays
                 for _ in range(500):  # the resolver fires no event: look, bounded
-                    if pool.stats["resolver_failing"]:
+                    if pool.stats().fleet.resolver_failing:
                         break
                     await asyncio.sleep(0.01)
                 print("resolver error:", pool.fleet_status()["resolver"]["last_error"])

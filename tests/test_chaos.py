@@ -164,7 +164,7 @@ class ChaosReport:
     close_duration: float | None = None
     memory: list[tuple[float, int, int]] = field(default_factory=list)  # (t, rss, traced)
     memory_top_growth: list[str] = field(default_factory=list)  # tracemalloc diff q2 -> end
-    pool_stats: dict[str, int] = field(default_factory=dict)
+    pool_stats: dict[str, Any] = field(default_factory=dict)
     violations: list[str] = field(default_factory=list)
     violation_count: int = 0
 
@@ -469,7 +469,7 @@ class ChaosRun:
                 await pool.terminate()
             self.done.set()
             await asyncio.gather(checker, lag, sampler, return_exceptions=True)
-        self.report.pool_stats = dict(pool.stats)
+        self.report.pool_stats = pool.stats().model_dump()
         self.report.max_acquire_latency = self._latencies.max
         self.report.p99_acquire_latency = self._latencies.quantile(0.99)
         await self._check_no_leaks(pool, before)

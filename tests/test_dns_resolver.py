@@ -226,7 +226,7 @@ async def test_a_dns_outage_changes_nothing(
         traffic = Traffic(pool)
         dns_server.pause()
         try:
-            await until(lambda: pool.stats["resolver_failing"] == 1, timeout=2)
+            await until(lambda: pool.stats().fleet.resolver_failing is True, timeout=2)
             await asyncio.sleep(0.5)
             status = pool.fleet_status()["resolver"]
             assert status["consecutive_failures"] >= 2
@@ -235,7 +235,7 @@ async def test_a_dns_outage_changes_nothing(
             assert all(h.eligible for h in pool.health_status().values())
         finally:
             dns_server.resume()
-        await until(lambda: pool.stats["resolver_failing"] == 0, timeout=2)
+        await until(lambda: pool.stats().fleet.resolver_failing is False, timeout=2)
         await traffic.stop()
         assert not traffic.errors and sum(traffic.counts.values()) > 50
 

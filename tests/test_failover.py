@@ -500,7 +500,7 @@ async def test_a_failing_backend_is_ejected_at_once_but_never_the_last(
         async with pool.acquire() as conn:
             served.append(conn.backend_id)
     assert set(served) == {"b0"}
-    assert pool.stats["open_failures"] == 1  # dialled once, then left alone
+    assert pool.stats().open_failures == 1  # dialled once, then left alone
     status = pool.health_status()["b1"]
     assert status.ejected and status.breaker == "closed"
     await servers[1].restore()

@@ -120,12 +120,12 @@ async def test_a_file_resolver_drives_the_pool(tmp_path: Path) -> None:
             )
             await until(lambda: len(pool.backends) == 2, timeout=2)
             write(path, "[{broken")
-            await until(lambda: pool.stats["resolver_failing"] == 1, timeout=2)
+            await until(lambda: pool.stats().fleet.resolver_failing is True, timeout=2)
             assert len(pool.backends) == 2
             assert "not valid JSON" in pool.fleet_status()["resolver"]["last_error"]
             write(path, json.dumps([{"id": "two", "url": servers[1].url}]))
             await until(lambda: [x.id for x in pool.backends] == ["two"], timeout=2)
-            assert pool.stats["resolver_failing"] == 0
+            assert pool.stats().fleet.resolver_failing is False
             async with pool.acquire() as conn:
                 assert conn.backend_id == "two"
     finally:

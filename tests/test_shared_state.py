@@ -171,9 +171,9 @@ async def test_redis_killed_then_restarted(
     a = fleet_pool(two, shared(redis_server, cluster), min_connections=2)
     b = fleet_pool(two, shared(redis_server, cluster), min_connections=0)
     async with a, b:
-        assert a.stats["shared_state_connected"] == 1
+        assert a.stats().fleet.shared_state_connected is True
         redis_server.kill()
-        await until(lambda: a.stats["shared_state_connected"] == 0, timeout=2)
+        await until(lambda: a.stats().fleet.shared_state_connected is False, timeout=2)
         for _ in range(50):
             async with a.acquire(timeout=0.5):
                 pass
@@ -185,7 +185,11 @@ async def test_redis_killed_then_restarted(
         redis_server.start()
         started = time.monotonic()
         await until(
-            lambda: a.stats["shared_state_connected"] == b.stats["shared_state_connected"] == 1,
+            lambda: (
+                a.stats().fleet.shared_state_connected
+                is b.stats().fleet.shared_state_connected
+                is True
+            ),
             timeout=5,
         )
         assert time.monotonic() - started < 5
@@ -204,7 +208,7 @@ async def test_redis_paused_never_blocks_acquire(
     async with a:
         redis_server.pause()
         try:
-            await until(lambda: a.stats["shared_state_connected"] == 0, timeout=1.5)
+            await until(lambda: a.stats().fleet.shared_state_connected is False, timeout=1.5)
             await two[0].stop()  # a transition while Redis is away: applied locally
             await until(lambda: health(a, "b0").breaker == "open", timeout=5)
             started = time.perf_counter()
@@ -214,7 +218,7 @@ async def test_redis_paused_never_blocks_acquire(
             assert time.perf_counter() - started < 1.0
         finally:
             redis_server.resume()
-        await until(lambda: a.stats["shared_state_connected"] == 1, timeout=3)
+        await until(lambda: a.stats().fleet.shared_state_connected is True, timeout=3)
         # The resync pushed what changed meanwhile: a new instance sees it.
         c = fleet_pool(two, shared(redis_server, cluster), min_connections=0)
         async with c:

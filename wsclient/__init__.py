@@ -8,6 +8,7 @@
             reply = await conn.receive_json(timeout=5)
 """
 
+import logging
 from typing import TYPE_CHECKING, Any
 
 from wsclient._version import __version__
@@ -67,6 +68,10 @@ from wsclient.resolvers import FileResolver, Resolver, ResolverError, StaticReso
 if TYPE_CHECKING:
     from wsclient.fleet.redis_state import RedisSharedState
     from wsclient.resolvers.dns import DnsResolver
+
+# A library's loggers stay silent until the application configures logging
+# (no "No handlers" fallback to stderr); see README "Operating".
+logging.getLogger("wsclient").addHandler(logging.NullHandler())
 
 __all__ = [
     "EVENTS",

@@ -102,7 +102,8 @@ class CircuitBreaker:
             self._opened_at = self._clock() if opened_at is None else opened_at
         elif new == "closed":
             self._failures = 0
-        logger.info("circuit breaker %r: %s -> %s", self.name, old, new)
+        # DEBUG: its owner (the pool) logs the transition once, with structured fields.
+        logger.debug("circuit breaker %r: %s -> %s", self.name, old, new)
         if self._on_state_change is not None:
             try:
                 self._on_state_change(old, new)

@@ -173,7 +173,13 @@ class _Link:
     def set_state(self, state: ConnectionState) -> None:
         if state <= self.state:
             return
-        logger.debug("%s %s -> %s", self.id, self.state.name, state.name)
+        logger.debug(
+            "connection %s: %s -> %s",
+            self.id,
+            self.state.name,
+            state.name,
+            extra={"backend_id": self.backend_id, "connection_id": self.id},
+        )
         self.state = state
         if state is ConnectionState.CLOSED:
             for waiter in self.pong_waiters.values():  # no pong will come now
@@ -351,18 +357,11 @@ class _Link:
                 return MessageTooBigError(None, self.max_message_size)
             if isinstance(exc, aiohttp.WebSocketError):
                 self.mark_closed(exc.code, str(exc))
-            elif isinstance(exc, aiohttp.ServerTimeoutError):
-                self.mark_closed(CloseCode.ABNORMAL_CLOSURE, f"heartbeat: {exc}")
             else:
-                self.mark_closed(CloseCode.ABNORMAL_CLOSURE, f"{type(exc).__name__}: {exc}")
+                self.mark_closed(CloseCode.ABNORMAL_CLOSURE, describe_link_error(exc))
         else:  # CLOSED / CLOSING: aiohttp already finished the connection
             exc = ws.exception()
-            if isinstance(exc, aiohttp.ServerTimeoutError):
-                reason = f"heartbeat: {exc}"
-            elif exc is not None:
-                reason = f"{type(exc).__name__}: {exc}"
-            else:
-                reason = "connection lost"
+            reason = describe_link_error(exc) if exc is not None else "connection lost"
             code = ws.close_code if ws.close_code is not None else CloseCode.ABNORMAL_CLOSURE
             self.mark_closed(code, reason)
         return self.closed_error()
@@ -667,7 +666,7 @@ class Connection:
 
     @staticmethod
     def _write_failed(link: _Link, exc: BaseException) -> ConnectionClosedError:
-        link.mark_closed(CloseCode.ABNORMAL_CLOSURE, f"write failed: {exc}")
+        link.mark_closed(CloseCode.ABNORMAL_CLOSURE, f"write failed: {describe_link_error(exc)}")
         return link.closed_error()
 
     async def ping(self, data: bytes = b"") -> None:
@@ -827,6 +826,22 @@ def _undo_abnormal_mark(ws: aiohttp.ClientWebSocketResponse) -> None:
     # mark makes a later close() skip waiting for the peer's close frame.
     if not ws.closed and getattr(ws, "_close_code", None) == CloseCode.ABNORMAL_CLOSURE:
         ws._close_code = None
+
+
+def describe_link_error(exc: BaseException) -> str:
+    """Why an open connection ended, in wsclient's words: the transport's own
+    exception names and messages ("Cannot write to closing transport" when a
+    killed peer's socket is gone) stay out of close reasons and logs."""
+    if isinstance(exc, aiohttp.ServerTimeoutError):
+        return f"heartbeat: {exc}"
+    if isinstance(exc, ConnectionResetError | aiohttp.ServerDisconnectedError | EOFError):
+        return "connection lost: the peer went away without a close frame"
+    if isinstance(exc, aiohttp.ClientConnectionError):
+        return "connection lost: the socket closed without a close frame"
+    if isinstance(exc, OSError):
+        return f"connection lost: {describe_os_error(exc)}"
+    logger.debug("connection ended by %r", exc)
+    return f"connection lost ({type(exc).__name__})"
 
 
 def describe_os_error(err: BaseException) -> str:

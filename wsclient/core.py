@@ -183,7 +183,8 @@ class PoolCore(Generic[L]):
         self._idle_timeout = config.idle_timeout
         self._draining: set[CoreBackend] = set()  # removed, replaced under the same id
         self.due = math.inf  # earliest deadline tick() must see; the shell wakes for it
-        self.stats = {"acquired": 0, "opened": 0, "open_failures": 0, "closed": 0}
+        # Per-lease counts live on the backends (``CoreBackend.leases``).
+        self.stats = {"opened": 0, "open_failures": 0, "closed": 0}
 
     # ------------------------------------------------------------------ counts
 
@@ -450,6 +451,7 @@ class PoolCore(Generic[L]):
                 slot.state = _LEASED
                 self.idle_total -= 1
                 b.active += 1
+                b.leases += 1
                 self.leased_total += 1
                 return slot
         self._last_pick = b
@@ -666,8 +668,8 @@ class PoolCore(Generic[L]):
         slot.state = _LEASED
         b = slot.backend
         b.active += 1
+        b.leases += 1
         self.leased_total += 1
-        self.stats["acquired"] += 1
 
     # ------------------------------------------------------------------ opening
 
@@ -882,6 +884,7 @@ class PoolCore(Generic[L]):
         w.done = True
         w.ticket = None
         self.waiting -= 1
+        slot.backend.leases += 1
         if own is not None:
             # w had its own attempt in flight: it passes to the waiter whose
             # attempt produced this link, if that one still waits and can use it.

@@ -69,6 +69,7 @@ class CoreBackend:
         "id",
         "idle",
         "in_rotation",
+        "leases",
         "listed",
         "open_links",
         "opening",
@@ -89,6 +90,7 @@ class CoreBackend:
         # link pops the front (its length is this backend's idle links).
         self.idle: list[Slot[Any]] = []
         self.active = 0  # leased; the balancer reads it
+        self.leases = 0  # leases served since it joined (pool.stats(): acquires, shares)
         self.open_links = 0  # idle + leased
         self.opening = 0
         self.closing = 0

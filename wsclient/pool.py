@@ -63,10 +63,12 @@ from wsclient.core import (
     SlotState,
     Ticket,
     Waiter,
+    is_blamed,
 )
 from wsclient.errors import (
     AcquireTimeoutError,
     ConnectError,
+    NoHealthyBackendError,
     PoolClosedError,
     PoolMisuseError,
     WSClientError,
@@ -82,6 +84,8 @@ from wsclient.options import PoolOptions
 from wsclient.resolvers.base import Resolver
 from wsclient.resolvers.runner import ResolverRunner
 from wsclient.state import BackendStateStore, LocalStateStore
+from wsclient.stats import ConnectionCounts, FleetStats, PoolStats, StatsRecorder
+from wsclient.timing import PoolTiming
 
 logger = logging.getLogger("wsclient.pool")
 
@@ -102,6 +106,19 @@ _LEASED, _CLOSING = SlotState.LEASED, SlotState.CLOSING
 _get_running_loop = asyncio.get_running_loop
 _monotonic = time.monotonic
 _get_ident = threading.get_ident
+
+
+# How each backend transition reads in the log (the event name is in ``extra``).
+_TRANSITION_WORDS = {
+    ev.BACKEND_HEALTHY: "healthy again",
+    ev.BACKEND_UNHEALTHY: "marked unhealthy",
+    ev.BREAKER_OPEN: "circuit breaker opened",
+    ev.BREAKER_HALF_OPEN: "circuit breaker half-open (trying a connection)",
+    ev.BREAKER_CLOSED: "circuit breaker closed",
+    ev.BACKEND_EJECTED: "ejected",
+    ev.BACKEND_UNEJECTED: "back in rotation",
+}
+_BAD_NEWS = frozenset((ev.BACKEND_UNHEALTHY, ev.BREAKER_OPEN, ev.BACKEND_EJECTED))
 
 
 def _link_ok(link: _Link) -> bool:
@@ -165,10 +182,13 @@ class _AcquireContext(Coroutine[Any, Any, Connection]):
                 and (timeout is None or timeout == timeout)
                 and _get_running_loop() is pool._loop
             ):
-                slot = pool._core.take(self._key, _monotonic())
+                now = _monotonic()
+                slot = pool._core.take(self._key, now)
                 if slot is not None:
                     link: _Link = slot.link
                     link._idle = False
+                    if pool._timing is not None:
+                        pool._timing.leased(link, now)
                     conn = self._conn = Connection(link)
                     return conn
                 tried = True  # its pick is remembered by the core for the slow path
@@ -288,6 +308,9 @@ class WebSocketPool(EventSource):
         self._idle_messages = 0
         self._clients: set[Closable] = set()  # sessions and multiplexers holding leases
         self._multiplexer: Multiplexer | None = None
+        self._recorder = StatsRecorder()
+        # None until wsclient.metrics instruments the pool: the hot path tests only this.
+        self._timing: PoolTiming | None = None
         now = time.monotonic()
         for backend in cfg.backends:
             self._register(backend, now)
@@ -357,13 +380,21 @@ class WebSocketPool(EventSource):
         self._pending_events.append((effect.event, args))
 
     def _on_store_event(self, backend_id: str, event: str, args: tuple[Any, ...]) -> None:
-        """A store transition; may fire inside a core call, so it only queues and schedules."""
-        logger.info(
+        """A store transition; may fire inside a core call, so it only queues and schedules.
+
+        The one log line of each backend transition is written here (the
+        breaker itself logs at DEBUG), with ``backend_id`` and the reason as
+        structured fields."""
+        self._recorder.store_event(backend_id, event)
+        reason = args[-1] if event in (ev.BACKEND_UNHEALTHY, ev.BACKEND_EJECTED) else None
+        level = logging.WARNING if event in _BAD_NEWS else logging.INFO
+        logger.log(
+            level,
             "backend %s: %s%s",
             backend_id,
-            event,
-            f" ({args[-1]})" if event in (ev.BACKEND_UNHEALTHY, ev.BACKEND_EJECTED) else "",
-            extra={"backend_id": backend_id, "event": event},
+            _TRANSITION_WORDS.get(event, event),
+            f" ({reason})" if reason else "",
+            extra={"backend_id": backend_id, "event": event, "reason": reason},
         )
         self._pending_events.append((event, (backend_id, *args)))
         if event == ev.BREAKER_OPEN and self._state is _RUNNING:
@@ -537,6 +568,8 @@ class WebSocketPool(EventSource):
                 handle.cancel()
                 self._late_abort(link)
             await self._events.aclose()
+            if self._timing is not None:
+                self._timing.clear()
         finally:
             if self._session is not None:
                 session, self._session = self._session, None
@@ -578,17 +611,64 @@ class WebSocketPool(EventSource):
     def backends(self) -> list[Backend]:
         return [self._configs[b.id] for b in self._core.backends.values() if not b.removed]
 
-    @property
-    def stats(self) -> dict[str, int]:
-        stats = {**self._core.stats, "idle_messages": self._idle_messages}
+    def stats(self) -> PoolStats:
+        """A ``PoolStats`` snapshot: connections by state and backend, acquires by
+        outcome, wait times, reconnects, ejections (README "Operating" lists the fields)."""
+        core = self._core
+        live = [b for b in core.backends.values() if not b.removed]
+        leases = sum(b.leases for b in live)
+        recorder = self._recorder
+        now = time.monotonic()
+        backends = []
+        for b in live:
+            record = self._store.record(b.id)
+            counts = ConnectionCounts(
+                idle=len(b.idle), active=b.active, connecting=b.opening, closing=b.closing
+            )
+            backends.append(
+                recorder.backend_stats(
+                    b.id,
+                    counts,
+                    b.leases,
+                    leases,
+                    healthy=record.healthy,
+                    breaker=record.breaker_state,
+                    ejected=record.ejected_until > now,
+                )
+            )
+        return recorder.pool_stats(
+            state=self._state.value,
+            max_connections=core.max,
+            counts=ConnectionCounts(
+                idle=core.idle_total,
+                active=core.leased_total,
+                connecting=core.opening,
+                closing=core.closing,
+            ),
+            pending=core.waiting,
+            leases=leases,
+            core_counts=core.stats,
+            idle_messages=self._idle_messages,
+            backends=backends,
+            fleet=self._fleet_stats(),
+        )
+
+    def _fleet_stats(self) -> FleetStats:
+        fleet: dict[str, Any] = {}
         if self._resolver is not None:
-            stats["resolver_failures"] = self._resolver.policy.failures
-            stats["resolver_failing"] = int(self._resolver.policy.consecutive_failures > 0)
+            fleet["resolver_failures"] = self._resolver.policy.failures
+            fleet["resolver_failing"] = self._resolver.policy.consecutive_failures > 0
         if self._shared is not None:
             shared = self._shared.status()
-            stats["shared_state_connected"] = int(bool(shared["connected"]))
-            stats["shared_state_errors"] = int(shared["errors"])
-        return stats
+            fleet["shared_state_connected"] = bool(shared["connected"])
+            fleet["shared_state_errors"] = int(shared["errors"])
+        return FleetStats(**fleet)
+
+    def _instrumented(self) -> PoolTiming:
+        """Start timing waits, leases and connects (for ``wsclient.metrics``); idempotent."""
+        if self._timing is None:
+            self._timing = PoolTiming(immediate_base=self.stats().acquires.immediate)
+        return self._timing
 
     def fleet_status(self) -> dict[str, Any]:
         """JSON-ready: the resolver's and the shared state's condition (errors in words).
@@ -639,27 +719,37 @@ class WebSocketPool(EventSource):
         tried_fast_path: bool = False,
     ) -> Connection:
         if self._state is not _RUNNING:
+            self._recorder.closed += 1
             self._raise_not_running()
         if asyncio.get_running_loop() is not self._loop:
             raise PoolMisuseError("this pool was started on another event loop")
         if timeout is not None and timeout != timeout:
             raise ValueError("acquire(timeout=nan): the timeout must be a number or None")
         if pinned is None and not self._validate_on_checkout and not tried_fast_path:
-            slot_now: Slot[_Link] | None = self._core.take(key, time.monotonic())
+            now = time.monotonic()
+            slot_now: Slot[_Link] | None = self._core.take(key, now)
             if slot_now is not None:
                 link = slot_now.link
                 link._idle = False
+                if self._timing is not None:
+                    self._timing.leased(link, now)
                 conn = Connection(link)
                 if context is not None:
                     context._conn = conn
                 return conn
         limit = self.config.acquire_timeout if timeout is None else timeout
-        deadline = None if limit is None else time.monotonic() + limit
+        started = time.monotonic()
+        deadline = None if limit is None else started + limit
         while True:
             if self._state is not _RUNNING:
+                self._recorder.closed += 1
                 self._raise_not_running()
             core = self._core
-            result = core.acquire(key, pinned, time.monotonic())
+            try:
+                result = core.acquire(key, pinned, time.monotonic())
+            except NoHealthyBackendError:
+                self._recorder.no_backend += 1
+                raise
             if core.effects:
                 self._run()
             if type(result) is Slot:
@@ -669,12 +759,18 @@ class WebSocketPool(EventSource):
                 # handed over by its previous lessee, was in use a moment ago.
                 if not self._validate_on_checkout or await self._validated(slot, limit, deadline):
                     link.mark_leased()  # after the ping: its pong is read as if idle
+                    if self._timing is not None:
+                        self._timing.leased(link, time.monotonic())
                     break
             else:
                 assert isinstance(result, Waiter)
                 slot = await self._wait(result, limit, deadline)
                 link = slot.link
                 link.mark_leased()
+                now = time.monotonic()
+                self._recorder.waited_for(now - started)
+                if self._timing is not None:
+                    self._timing.leased(link, now, now - started)
                 break
         conn = Connection(link)
         if context is not None:
@@ -688,6 +784,7 @@ class WebSocketPool(EventSource):
         early = waiter.handle
         if isinstance(early, _Early):  # handed or failed in the acquire's own step
             if early.error is not None:
+                self._count_failure(early.error)
                 raise early.error
             assert early.slot is not None
             return early.slot
@@ -703,17 +800,33 @@ class WebSocketPool(EventSource):
                 return await future
         except TimeoutError:
             if future.done() and not future.cancelled() and future.exception() is not None:
+                self._count_failure(future.exception())
                 raise future.exception() from None  # type: ignore[misc]
             self._abandon(waiter, future)
+            self._recorder.timeouts += 1
             raise AcquireTimeoutError(f"no connection within {limit} s ({self!r})") from None
-        except BaseException:
+        except BaseException as exc:
             self._abandon(waiter, future)
+            self._count_failure(exc)
             raise
+
+    def _count_failure(self, exc: BaseException | None) -> None:
+        """An acquire that waited ended without a connection: count it by outcome."""
+        recorder = self._recorder
+        if isinstance(exc, NoHealthyBackendError):
+            recorder.no_backend += 1
+        elif isinstance(exc, PoolClosedError):
+            recorder.closed += 1
+        elif isinstance(exc, AcquireTimeoutError):
+            recorder.timeouts += 1
+        elif isinstance(exc, asyncio.CancelledError):
+            recorder.cancelled += 1
 
     def _abandon(self, waiter: Waiter, future: asyncio.Future[Slot[_Link]]) -> None:
         """The acquiring task gave up (timeout, cancel): leak nothing."""
         if future.done() and not future.cancelled() and future.exception() is None:
             # A link was handed to us in the same instant we gave up.
+            future.result().backend.leases -= 1  # not served after all
             self._core.release(future.result(), True, time.monotonic())
         else:
             future.cancel()
@@ -742,6 +855,7 @@ class WebSocketPool(EventSource):
                 self._core.release(slot, keep, time.monotonic())
                 self._run()
                 if keep:
+                    self._recorder.timeouts += 1
                     raise AcquireTimeoutError(f"no connection within {limit} s ({self!r})")
         if ok and self._state is not _RUNNING:
             self._core.release(slot, False, time.monotonic())
@@ -756,6 +870,7 @@ class WebSocketPool(EventSource):
             return
         if future.done():
             # The acquirer gave up in the same instant: the link goes straight back.
+            slot.backend.leases -= 1  # not served after all
             self._core.release(slot, True, time.monotonic())
             return
         future.set_result(slot)
@@ -784,13 +899,17 @@ class WebSocketPool(EventSource):
         slot: Slot[_Link] = link.pool_backend
         if slot.state is not _LEASED:
             if slot.state is _CLOSING:  # closed under the lessee (shutdown, removal)
+                if self._timing is not None:
+                    self._timing.forget(link)
                 conn._detach()
                 return
             raise PoolMisuseError("this connection is not leased from this pool")
         conn._link = None
         core = self._core
-        if link.state is _OPEN and not link.reading and not link.dirty and not link.ws.closed:
-            now = _monotonic()
+        now = _monotonic()  # one clock read for the timing hook and give_back
+        if self._timing is not None:
+            self._timing.released(link, now)
+        if link.state is _OPEN and not link.reading and not link.dirty and not link.ws.closed:  # noqa: SIM102
             if core.give_back(slot, now):
                 # The hot path: parked with nothing else to do; watched from the next
                 # loop iteration on (by then it is often leased again).
@@ -860,6 +979,7 @@ class WebSocketPool(EventSource):
         backend_id = ticket.backend.id
         url = self._configs[backend_id].url
         core = self._core
+        started = time.monotonic()
         try:
             link = await open_link(
                 self._session, url, self._options[backend_id], backend_id=backend_id
@@ -871,8 +991,9 @@ class WebSocketPool(EventSource):
                 "connect to backend %s failed: %s",
                 backend_id,
                 exc.reason,
-                extra={"backend_id": backend_id},
+                extra={"backend_id": backend_id, "reason": exc.reason},
             )
+            self._recorder.open_failed(backend_id)
             core.open_failed(ticket, exc, exc.reason, time.monotonic())
             self._run()
             return
@@ -885,8 +1006,9 @@ class WebSocketPool(EventSource):
                 "opening a connection to %s failed unexpectedly: %s",
                 backend_id,
                 type(exc).__name__,
-                extra={"backend_id": backend_id},
+                extra={"backend_id": backend_id, "reason": type(exc).__name__},
             )
+            self._recorder.open_failed(backend_id)
             error = ConnectError(url, f"{type(exc).__name__}")
             core.open_failed(ticket, error, error.reason, time.monotonic())
             self._run()
@@ -895,6 +1017,15 @@ class WebSocketPool(EventSource):
         link.on_closed = self._on_link_closed
         link.on_idle_message = self._on_idle_message
         self._links.add(link)
+        self._recorder.opened(backend_id)
+        if self._timing is not None:
+            self._timing.created(time.monotonic() - started)
+        logger.debug(
+            "connection %s to %s open",
+            link.id,
+            backend_id,
+            extra={"backend_id": backend_id, "connection_id": link.id},
+        )
         slot = core.opened(ticket, link, time.monotonic())
         link.pool_backend = slot
         link.expires_at = slot.expires_at
@@ -978,8 +1109,13 @@ class WebSocketPool(EventSource):
             return
         judged = not link.client_initiated and self._state is _RUNNING
         code, reason = link.close_code, link.close_reason
-        blamed = self._core.link_lost(slot, code, reason, time.monotonic(), judge=judged)
+        if self._timing is not None and slot.state is not _LEASED:
+            self._timing.forget(link)
         if judged:
+            # Logged before the core judges it, so the backend transitions it causes
+            # (ejected, breaker opened) follow this line in the log.
+            self._recorder.link_lost(link.backend_id)
+            blamed = is_blamed(code) and not slot.backend.removed
             logger.info(
                 "connection %s to %s closed: %s %s%s",
                 link.id,
@@ -987,8 +1123,14 @@ class WebSocketPool(EventSource):
                 code,
                 reason,
                 " (counted as a failure)" if blamed else "",
-                extra={"backend_id": link.backend_id, "connection_id": link.id, "code": code},
+                extra={
+                    "backend_id": link.backend_id,
+                    "connection_id": link.id,
+                    "code": code,
+                    "reason": reason,
+                },
             )
+        self._core.link_lost(slot, code, reason, time.monotonic(), judge=judged)
         self._run()
 
     def _on_idle_message(self, link: _Link, message: Message) -> None:
@@ -1047,6 +1189,19 @@ class WebSocketPool(EventSource):
             )
         return result
 
+    async def check_health(self) -> dict[str, BackendHealth]:
+        """Probe every backend once now, as the health checker does (same probe, same
+        thresholds), and return ``health_status()``; what ``wsclient status`` shows."""
+        if self._state is not _RUNNING:
+            self._raise_not_running()
+        ids = [b.id for b in self._core.backends.values() if not b.removed]
+        results = await asyncio.gather(
+            *(self._health.probe(self._configs[i].url, self._options[i]) for i in ids)
+        )
+        for backend_id, result in zip(ids, results, strict=True):
+            self._on_probe(backend_id, result)
+        return self.health_status()
+
     # on() / off(): typed per event in EventSource (listeners.py).
 
     # ------------------------------------------------------------------ membership
@@ -1081,6 +1236,7 @@ class WebSocketPool(EventSource):
         self._drained[backend_id] = drained
         try:
             self._core.remove_backend(backend_id, time.monotonic())
+            self._recorder.removed(backend_id, b.leases)
             self._run()
             await self._health.unwatch(backend_id)
             if drain and self._state is _RUNNING and (b.active or b.opening):
