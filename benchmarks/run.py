@@ -14,6 +14,11 @@ process (see ``_servers.py``), so this process's event loop is the client alone:
 6. pool_costs    ``pool_costs.py`` in a child process: acquire+release vs a Queue pair,
                  2,000 queued acquires, membership changes and picks up to 10,000
                  backends (its JSON is embedded under ``"pool_costs"``).
+7. client_bound  ``client_bound.py`` in a child process: client-bound throughput, p50/p99
+                 and CPU per round trip of the pool (both transports) against raw
+                 aiohttp, raw picows, ``websockets`` and an HAProxy hop; memory per idle
+                 connection per transport; 10,000 warm connections (its JSON is embedded
+                 under ``"client_bound"``, its chart written beside ours).
 
 Results: ``benchmarks/results/bench-<UTC timestamp>.json`` and ``latest.json``; a table on
 stdout. ``--quick`` is a ~50 s smoke run; ``--profile`` runs cProfile over one pooled and
@@ -51,6 +56,8 @@ from typing import Any
 
 import aiohttp
 from _servers import EchoServers
+from client_bound import fmt_table as client_bound_table
+from client_bound import write_chart as client_bound_chart
 from pool_costs import fmt_table as pool_costs_table
 
 import wsclient
@@ -977,6 +984,10 @@ def fmt_table(res: dict[str, Any]) -> str:
     if pc:
         lines.append("6. pool_costs.py")
         lines.append(pool_costs_table(pc, indent="   "))
+    cb = res.get("client_bound")
+    if cb:
+        lines.append("7. client_bound.py")
+        lines.append(client_bound_table(cb, indent="   "))
     return "\n".join(lines)
 
 
@@ -1019,6 +1030,7 @@ SCENARIOS: tuple[str, ...] = (
     "failover",
     "memory",
     "pool_costs",
+    "client_bound",
 )
 
 
@@ -1027,6 +1039,16 @@ def bench_pool_costs(s: Settings) -> dict[str, Any]:
     stay out of this process. Its progress goes to our stderr; its table is ours."""
     out = RESULTS / "pool_costs.json"
     cmd = [sys.executable, str(HERE / "pool_costs.py"), "--json", str(out)]
+    subprocess.run(cmd + (["--quick"] if s.quick else []), stdout=subprocess.DEVNULL, check=True)
+    result: dict[str, Any] = json.loads(out.read_text())
+    return result
+
+
+def bench_client_bound(s: Settings) -> dict[str, Any]:
+    """Scenario 7 is its own script too: its backends, HAProxy and client processes are
+    its children, and its 10,000 connections stay out of this process."""
+    out = RESULTS / "client_bound.json"
+    cmd = [sys.executable, str(HERE / "client_bound.py"), "--json", str(out)]
     subprocess.run(cmd + (["--quick"] if s.quick else []), stdout=subprocess.DEVNULL, check=True)
     result: dict[str, Any] = json.loads(out.read_text())
     return result
@@ -1068,6 +1090,9 @@ async def run_suite(s: Settings, only: frozenset[str]) -> dict[str, Any]:
     if "pool_costs" in only:
         log("6. pool costs (pool_costs.py)")
         res["pool_costs"] = bench_pool_costs(s)
+    if "client_bound" in only:
+        log("7. client-bound throughput, memory, warm connections (client_bound.py)")
+        res["client_bound"] = bench_client_bound(s)
     res["environment"]["loadavg_end"] = list(os.getloadavg())
     res["environment"]["suite_seconds"] = round(time.monotonic() - t_start, 1)
     return res
@@ -1128,6 +1153,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     res = asyncio.run(run_suite(s, only))
     path = write_results(res, args.out)
+    if "client_bound" in res:
+        client_bound_chart(res["client_bound"], path.with_suffix(".png"))
     print(fmt_table(res))
     print(f"results: {path} (and {RESULTS / 'latest.json'})")
     return 0
