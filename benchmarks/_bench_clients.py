@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import cProfile
+import functools
 import gc
 import io
 import json
@@ -44,6 +45,9 @@ from _servers import raise_nofile_limit
 PAYLOAD = b"x" * 100
 POOL_KINDS = {"wsclient-aiohttp": None, "wsclient-picows": "picows"}
 RAW_KINDS = ("raw-aiohttp", "raw-picows", "websockets")
+# Only for ``client_bound.py --profile``'s decomposition of the pool's cost: raw aiohttp with
+# the pool's default heartbeat, and wsclient's Connection without the pool around it.
+LAYER_KINDS = ("raw-aiohttp-hb", "wsclient-connection")
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 
@@ -56,6 +60,15 @@ def proc_cpu_seconds(pid: int) -> float:
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / _CLK_TCK
+
+
+def machine_busy_seconds() -> tuple[float, float]:
+    """(busy, total) CPU seconds of the whole machine, all cores, from /proc/stat."""
+    with open("/proc/stat") as f:
+        ticks = [int(x) for x in f.readline().split()[1:9]]
+    idle = ticks[3] + ticks[4]  # idle + iowait
+    total = sum(ticks)
+    return (total - idle) / _CLK_TCK, total / _CLK_TCK
 
 
 def self_cpu_seconds() -> float:
@@ -92,12 +105,14 @@ class Clients:
     async def open(self, n: int, *, pool_defaults: bool = False) -> list[RoundTrip]:
         if self.kind in POOL_KINDS:
             return await self._open_pool(n, pool_defaults)
-        opener = {
+        opener: dict[str, Callable[[int], Awaitable[list[RoundTrip]]]] = {
             "raw-aiohttp": self._open_aiohttp,
+            "raw-aiohttp-hb": functools.partial(self._open_aiohttp, heartbeat=20.0),
+            "wsclient-connection": self._open_connections,
             "raw-picows": self._open_picows,
             "websockets": self._open_websockets,
-        }[self.kind]
-        return await opener(n)
+        }
+        return await opener[self.kind](n)
 
     async def _open_pool(self, n: int, defaults: bool) -> list[RoundTrip]:
         from wsclient import WebSocketPool
@@ -116,13 +131,16 @@ class Clients:
 
         return [rt] * n
 
-    async def _open_aiohttp(self, n: int) -> list[RoundTrip]:
+    async def _open_aiohttp(self, n: int, heartbeat: float | None = None) -> list[RoundTrip]:
         import aiohttp
 
         session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
         self._closers.append(session.close)
         sockets = await asyncio.gather(
-            *(session.ws_connect(self.urls[i % len(self.urls)]) for i in range(n))
+            *(
+                session.ws_connect(self.urls[i % len(self.urls)], heartbeat=heartbeat)
+                for i in range(n)
+            )
         )
         fns: list[RoundTrip] = []
         for ws in sockets:
@@ -135,6 +153,21 @@ class Clients:
             async def rt(ws: aiohttp.ClientWebSocketResponse = ws) -> None:
                 await ws.send_bytes(PAYLOAD)
                 await ws.receive()
+
+            fns.append(rt)
+        return fns
+
+    async def _open_connections(self, n: int) -> list[RoundTrip]:
+        from wsclient import Connection, connect
+
+        conns = await asyncio.gather(*(connect(self.urls[i % len(self.urls)]) for i in range(n)))
+        fns: list[RoundTrip] = []
+        for conn in conns:
+            self._closers.insert(0, conn.close)
+
+            async def rt(c: Connection = conn) -> None:
+                await c.send(PAYLOAD)
+                await c.receive()
 
             fns.append(rt)
         return fns
@@ -251,10 +284,13 @@ async def cmd_rt(args: argparse.Namespace) -> dict[str, Any]:
     fns = await clients.open(args.conns)
     open_s = time.perf_counter() - t_open
     tasks = [asyncio.create_task(worker(fn)) for fn in fns]
-    profile = cProfile.Profile() if args.profile else None
+    # CPU time of this thread, not wall time: time the client spends preempted by other
+    # processes on a shared machine is not charged to whatever frame was running.
+    profile = cProfile.Profile(time.thread_time) if args.profile else None
     try:
         await asyncio.sleep(args.warmup)
         watch0 = [proc_cpu_seconds(pid) for pid in args.watch]
+        busy0, _ = machine_busy_seconds()
         cpu0, i0, t0 = self_cpu_seconds(), len(latencies), time.perf_counter()
         if profile is not None:
             profile.enable()
@@ -262,6 +298,7 @@ async def cmd_rt(args: argparse.Namespace) -> dict[str, Any]:
         if profile is not None:
             profile.disable()
         cpu1, i1, t1 = self_cpu_seconds(), len(latencies), time.perf_counter()
+        busy1, _ = machine_busy_seconds()
         watch1 = [proc_cpu_seconds(pid) for pid in args.watch]
     finally:
         stop = True
@@ -286,16 +323,55 @@ async def cmd_rt(args: argparse.Namespace) -> dict[str, Any]:
             str(pid): (b - a) / wall * 100
             for pid, a, b in zip(args.watch, watch0, watch1, strict=True)
         },
+        # Every core's busy time, in % of one core (at most 100 x cores): what is left
+        # after this process and the watched ones is other people's load.
+        "machine_busy_pct": (busy1 - busy0) / wall * 100,
     }
+    ours = res["client_cpu_pct"] + sum(res["watched_cpu_pct"].values())
+    res["others_cpu_pct"] = max(0.0, res["machine_busy_pct"] - ours)
     if profile is not None:
         res["profile"] = profile_text(profile, n_rt, args.kind)
+        res["profile_groups"] = profile_groups(pstats.Stats(profile), n_rt)
     return res
+
+
+# Where a frame's own time goes, by the file it is in (first match wins).
+PROFILE_GROUPS: tuple[tuple[str, str], ...] = (
+    ("wsclient/pool.py", "wsclient pool shell (pool.py)"),
+    ("wsclient/core", "wsclient pool core (core.py)"),
+    ("wsclient/balancers", "wsclient balancer"),
+    ("wsclient/connection.py", "wsclient Connection"),
+    ("wsclient/", "wsclient, other"),
+    ("aiohttp/_websocket/writer", "aiohttp frame writer (incl. transport.write)"),
+    ("aiohttp/", "aiohttp, other"),
+    ("websockets/", "websockets"),
+    ("_bench_clients.py", "benchmark loop"),
+    ("asyncio/", "asyncio (Python part)"),
+)
+
+
+def profile_groups(stats: pstats.Stats, n_rt: int) -> list[tuple[str, float, int]]:
+    """(group, own CPU us per round trip, calls per round trip), largest first."""
+    own: dict[str, float] = {}
+    calls: dict[str, int] = {}
+    raw: dict[Any, Any] = stats.stats  # type: ignore[attr-defined]
+    for (filename, _line, _name), (_cc, nc, tt, _ct, _callers) in raw.items():
+        group = next((g for key, g in PROFILE_GROUPS if key in filename), "builtins / C")
+        own[group] = own.get(group, 0.0) + tt
+        calls[group] = calls.get(group, 0) + nc
+    rows = [(g, own[g] / n_rt * 1e6, round(calls[g] / n_rt)) for g in own]
+    return sorted(rows, key=lambda r: -r[1])
 
 
 def profile_text(profile: cProfile.Profile, n_rt: int, kind: str) -> str:
     buf = io.StringIO()
-    buf.write(f"{kind}: {n_rt} round trips in the window under cProfile\n")
+    buf.write(f"{kind}: {n_rt} round trips in the window under cProfile (thread CPU time)\n\n")
     stats = pstats.Stats(profile, stream=buf)
+    total = sum(us for _g, us, _c in profile_groups(stats, n_rt))
+    buf.write(f"own CPU time per round trip by group (total {total:.1f} us under the profiler):\n")
+    for group, us, ncalls in profile_groups(stats, n_rt):
+        buf.write(f"  {group:<46} {us:7.2f} us  {us / total:6.1%}  {ncalls:4d} calls\n")
+    buf.write("\n")
     stats.sort_stats("tottime").print_stats(45)
     stats.sort_stats("cumulative").print_stats(45)
     return buf.getvalue()
@@ -366,7 +442,9 @@ async def cmd_warm(args: argparse.Namespace) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("command", choices=("probe", "rt", "mem", "warm"))
-    parser.add_argument("--kind", default="raw-aiohttp", choices=(*POOL_KINDS, *RAW_KINDS))
+    parser.add_argument(
+        "--kind", default="raw-aiohttp", choices=(*POOL_KINDS, *RAW_KINDS, *LAYER_KINDS)
+    )
     parser.add_argument("--urls", type=lambda s: s.split(","), default=[])
     parser.add_argument("--conns", type=int, default=1)
     parser.add_argument("--warmup", type=float, default=0.25)

@@ -221,7 +221,8 @@ def bench_throughput(s: Settings, status: dict[str, str]) -> dict[str, Any]:
                         f"  round {r} {n:>2} conns {LABELS[kind]:<20} "
                         f"{res['throughput']:>8.0f} rt/s p50 {res['p50_us']:>6.0f} us "
                         f"cpu/rt {res['client_cpu_us_per_rt']:5.1f} us client "
-                        f"{res['client_cpu_pct']:3.0f}% backends {sum(cpu):3.0f}%"
+                        f"{res['client_cpu_pct']:3.0f}% backends {sum(cpu):3.0f}% "
+                        f"others {res['others_cpu_pct']:3.0f}%"
                     )
     return summarise_throughput(runs, s, status)
 
@@ -246,6 +247,7 @@ def summarise_throughput(
                     "client_cpu_pct",
                     "backend_cpu_pct_max",
                     "backend_cpu_pct_sum",
+                    "others_cpu_pct",
                 )
             }
             if kind == "haproxy-aiohttp":
@@ -408,7 +410,7 @@ def fmt_table(res: dict[str, Any], indent: str = "") -> str:
         lines.append("client-bound throughput (100 B round trips; medians of rounds)")
         lines.append(
             f"{'client':<21}{'conns':>6}{'rt/s':>10}{'p50 us':>9}{'p99 us':>9}"
-            f"{'cpu us/rt':>11}{'client%':>9}{'backends%':>11}"
+            f"{'cpu us/rt':>11}{'client%':>9}{'backends%':>11}{'others%':>9}"
         )
         for row in tp["rows"].values():
             if row["status"] != "ok":
@@ -421,7 +423,8 @@ def fmt_table(res: dict[str, Any], indent: str = "") -> str:
                 lines.append(
                     f"{row['label']:<21}{n:>6}{rec['throughput']:>10,.0f}{rec['p50_us']:>9.0f}"
                     f"{rec['p99_us']:>9.0f}{rec['client_cpu_us_per_rt']:>11.1f}"
-                    f"{rec['client_cpu_pct']:>9.0f}{rec['backend_cpu_pct_sum']:>11.0f}{extra}"
+                    f"{rec['client_cpu_pct']:>9.0f}{rec['backend_cpu_pct_sum']:>11.0f}"
+                    f"{rec['others_cpu_pct']:>9.0f}{extra}"
                 )
         lines.append("ratios (median / median; [paired per-round min-max]; target at 16, 64)")
         for r in tp["ratios"]:
@@ -444,11 +447,15 @@ def fmt_table(res: dict[str, Any], indent: str = "") -> str:
             for row in tp["rows"].values()
             for rec in row["by_conns"].values()
         ]
+        others = [
+            rec["others_cpu_pct"] for row in tp["rows"].values() for rec in row["by_conns"].values()
+        ]
         if bound:
             lines.append(
                 f"client CPU {min(bound):.0f}-{max(bound):.0f}% of one core per row "
                 f"(client-bound when >= {CLIENT_BOUND_CPU_PCT:.0f}%); busiest backend "
-                f"process {max(back):.0f}% of a core"
+                f"process {max(back):.0f}% of a core; other processes on the machine "
+                f"{min(others):.0f}-{max(others):.0f}% of a core ({os.cpu_count()} cores)"
             )
     mem = res.get("memory")
     if mem is not None:
@@ -563,29 +570,85 @@ def _json_safe(value: Any) -> Any:
 SCENARIOS = ("throughput", "memory", "warm")
 
 
-def profile_mode(s: Settings, status: dict[str, str]) -> None:
+# The pool's round trip, layer by layer (profile mode): each adds one thing to the last.
+LAYERS: tuple[tuple[str, str], ...] = (
+    ("raw-aiohttp", "raw aiohttp, no heartbeat"),
+    ("raw-aiohttp-hb", "+ aiohttp heartbeat=20 (what Connection sets)"),
+    ("wsclient-connection", "+ wsclient Connection (connect(), no pool)"),
+    ("wsclient-aiohttp", "+ pool: async with pool.acquire()"),
+)
+PROFILED = ("wsclient-aiohttp", "wsclient-picows", "raw-aiohttp")
+
+
+def profile_mode(s: Settings, status: dict[str, str], rounds: int = 5) -> dict[str, Any]:
+    """Where the pool's microseconds go, two ways, at 16 connections:
+
+    1. layers: client CPU per round trip (no profiler) of raw aiohttp, raw aiohttp with a
+       heartbeat, wsclient's Connection alone and the pool, alternating rounds; each
+       difference is what that layer costs.
+    2. cProfile (thread CPU time) of one 3 s window per kind in ``PROFILED``: own time per
+       round trip grouped by module, and the full listing in
+       ``results/profile-client-bound-<kind>.txt``.
+    """
     RESULTS.mkdir(parents=True, exist_ok=True)
+    out: dict[str, Any] = {"conns": 16, "layers": {}, "profiles": {}}
     with backends(3) as servers:
         urls = ",".join(srv.urls[0] for srv in servers)
-        for kind in ("wsclient-aiohttp", "wsclient-picows", "raw-aiohttp"):
+        runs: dict[str, list[dict[str, Any]]] = {kind: [] for kind, _ in LAYERS}
+        kinds = [kind for kind, _ in LAYERS]
+        for r in range(rounds):
+            for kind in kinds[r % len(kinds) :] + kinds[: r % len(kinds)]:
+                args = ("--kind", kind, "--urls", urls, "--conns", "16", "--window", "1")
+                runs[kind].append(run_client("rt", *args))
+        prev = None
+        for kind, label in LAYERS:
+            cpu = median([x["client_cpu_us_per_rt"] for x in runs[kind]])
+            out["layers"][kind] = {
+                "label": label,
+                "client_cpu_us_per_rt": cpu,
+                "added_us": None if prev is None else cpu - prev,
+                "throughput": median([x["throughput"] for x in runs[kind]]),
+                "client_cpu_pct": median([x["client_cpu_pct"] for x in runs[kind]]),
+                "rounds": [x["client_cpu_us_per_rt"] for x in runs[kind]],
+            }
+            prev = cpu
+        for kind in PROFILED:
             if status[kind]:
-                log(f"{LABELS[kind]}: {status[kind]}")
+                out["profiles"][kind] = {"status": status[kind]}
                 continue
-            res = run_client(
-                "rt",
-                "--kind",
-                kind,
-                "--urls",
-                urls,
-                "--conns",
-                "16",
-                "--window",
-                "3",
-                "--profile",
-            )
+            args = ("--kind", kind, "--urls", urls, "--conns", "16", "--window", "3")
+            res = run_client("rt", *args, "--profile")
             path = RESULTS / f"profile-client-bound-{kind}.txt"
             path.write_text(res["profile"])
-            log(f"{LABELS[kind]}: {res['round_trips']} round trips profiled -> {path}")
+            out["profiles"][kind] = {
+                "round_trips": res["round_trips"],
+                "groups": res["profile_groups"],
+                "listing": str(path),
+            }
+    (RESULTS / "profile-client-bound.json").write_text(
+        json.dumps(_json_safe(out), indent=2, allow_nan=False) + "\n"
+    )
+    print(fmt_profile(out))
+    return out
+
+
+def fmt_profile(out: dict[str, Any]) -> str:
+    lines = [f"client CPU per round trip by layer ({out['conns']} connections, no profiler)"]
+    for rec in out["layers"].values():
+        added = "" if rec["added_us"] is None else f"  ({rec['added_us']:+.1f} us)"
+        lines.append(
+            f"  {rec['label']:<48} {rec['client_cpu_us_per_rt']:6.1f} us{added}"
+            f"  {rec['throughput']:>9,.0f} rt/s, client {rec['client_cpu_pct']:.0f}%"
+        )
+    for kind, prof in out["profiles"].items():
+        if "groups" not in prof:
+            lines.append(f"{LABELS[kind]}: {prof['status']}")
+            continue
+        lines.append(f"{LABELS[kind]} under cProfile: own CPU per round trip by module")
+        total = sum(us for _g, us, _c in prof["groups"])
+        for group, us, calls in prof["groups"]:
+            lines.append(f"  {group:<46} {us:6.2f} us {us / total:6.1%} {calls:4d} calls")
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
