@@ -47,7 +47,8 @@ POOL_KINDS = {"wsclient-aiohttp": None, "wsclient-picows": "picows"}
 RAW_KINDS = ("raw-aiohttp", "raw-picows", "websockets")
 # Only for ``client_bound.py --profile``'s decomposition of the pool's cost: raw aiohttp with
 # the pool's default heartbeat, and wsclient's Connection without the pool around it.
-LAYER_KINDS = ("raw-aiohttp-hb", "wsclient-connection")
+# And the pool with each worker holding one leased connection for the whole run.
+LAYER_KINDS = ("raw-aiohttp-hb", "wsclient-connection", "wsclient-held")
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 
@@ -105,6 +106,8 @@ class Clients:
     async def open(self, n: int, *, pool_defaults: bool = False) -> list[RoundTrip]:
         if self.kind in POOL_KINDS:
             return await self._open_pool(n, pool_defaults)
+        if self.kind == "wsclient-held":
+            return await self._open_held(n)
         opener: dict[str, Callable[[int], Awaitable[list[RoundTrip]]]] = {
             "raw-aiohttp": self._open_aiohttp,
             "raw-aiohttp-hb": functools.partial(self._open_aiohttp, heartbeat=20.0),
@@ -130,6 +133,29 @@ class Clients:
                 await c.receive()
 
         return [rt] * n
+
+    async def _open_held(self, n: int) -> list[RoundTrip]:
+        from wsclient import Connection
+
+        self.kind = "wsclient-aiohttp"
+        await self._open_pool(n, False)
+        pool = self.pool
+        held = [await pool.acquire() for _ in range(n)]
+
+        async def release() -> None:
+            for conn in held:
+                pool.release(conn)
+
+        self._closers.insert(0, release)
+        fns: list[RoundTrip] = []
+        for conn in held:
+
+            async def rt(c: Connection = conn) -> None:
+                await c.send(PAYLOAD)
+                await c.receive()
+
+            fns.append(rt)
+        return fns
 
     async def _open_aiohttp(self, n: int, heartbeat: float | None = None) -> list[RoundTrip]:
         import aiohttp
@@ -284,8 +310,10 @@ async def cmd_rt(args: argparse.Namespace) -> dict[str, Any]:
     fns = await clients.open(args.conns)
     open_s = time.perf_counter() - t_open
     tasks = [asyncio.create_task(worker(fn)) for fn in fns]
-    # CPU time of this thread, not wall time: time the client spends preempted by other
-    # processes on a shared machine is not charged to whatever frame was running.
+    # Timed by this thread's CPU clock, not the wall clock: on a shared machine a write()
+    # that wakes the backend often loses the core, and wall time then charges 80 us to the
+    # frame writer. The CPU clock is a system call per profiler event, so frame costs are
+    # inflated about 3x: read the shares, and the unprofiled layers for absolute figures.
     profile = cProfile.Profile(time.thread_time) if args.profile else None
     try:
         await asyncio.sleep(args.warmup)
@@ -374,6 +402,7 @@ def profile_text(profile: cProfile.Profile, n_rt: int, kind: str) -> str:
     buf.write("\n")
     stats.sort_stats("tottime").print_stats(45)
     stats.sort_stats("cumulative").print_stats(45)
+    stats.sort_stats("tottime").print_stats("wsclient/")
     return buf.getvalue()
 
 

@@ -570,12 +570,14 @@ def _json_safe(value: Any) -> Any:
 SCENARIOS = ("throughput", "memory", "warm")
 
 
-# The pool's round trip, layer by layer (profile mode): each adds one thing to the last.
-LAYERS: tuple[tuple[str, str], ...] = (
-    ("raw-aiohttp", "raw aiohttp, no heartbeat"),
-    ("raw-aiohttp-hb", "+ aiohttp heartbeat=20 (what Connection sets)"),
-    ("wsclient-connection", "+ wsclient Connection (connect(), no pool)"),
-    ("wsclient-aiohttp", "+ pool: async with pool.acquire()"),
+# The pool's round trip, layer by layer (profile mode): (kind, backends, label).
+LAYERS: tuple[tuple[str, int, str], ...] = (
+    ("raw-aiohttp", 3, "raw aiohttp, no heartbeat"),
+    ("raw-aiohttp-hb", 3, "raw aiohttp, heartbeat=20 (as Connection sets)"),
+    ("wsclient-connection", 3, "wsclient Connection (connect(), no pool)"),
+    ("wsclient-held", 3, "pool, each worker holds one connection"),
+    ("wsclient-aiohttp", 1, "pool, acquire/release per round trip, 1 backend"),
+    ("wsclient-aiohttp", 3, "pool, acquire/release per round trip, 3 backends"),
 )
 PROFILED = ("wsclient-aiohttp", "wsclient-picows", "raw-aiohttp")
 
@@ -584,8 +586,9 @@ def profile_mode(s: Settings, status: dict[str, str], rounds: int = 5) -> dict[s
     """Where the pool's microseconds go, two ways, at 16 connections:
 
     1. layers: client CPU per round trip (no profiler) of raw aiohttp, raw aiohttp with a
-       heartbeat, wsclient's Connection alone and the pool, alternating rounds; each
-       difference is what that layer costs.
+       heartbeat, wsclient's Connection alone, the pool with connections held, and the
+       pool with an acquire/release per round trip over 1 and over 3 backends
+       (``LAYERS``), alternating rounds; each difference is what that step adds.
     2. cProfile (thread CPU time) of one 3 s window per kind in ``PROFILED``: own time per
        round trip grouped by module, and the full listing in
        ``results/profile-client-bound-<kind>.txt``.
@@ -594,22 +597,24 @@ def profile_mode(s: Settings, status: dict[str, str], rounds: int = 5) -> dict[s
     out: dict[str, Any] = {"conns": 16, "layers": {}, "profiles": {}}
     with backends(3) as servers:
         urls = ",".join(srv.urls[0] for srv in servers)
-        runs: dict[str, list[dict[str, Any]]] = {kind: [] for kind, _ in LAYERS}
-        kinds = [kind for kind, _ in LAYERS]
+        all_urls = [srv.urls[0] for srv in servers]
+        layers = [(f"{kind}@{nb}", kind, nb, label) for kind, nb, label in LAYERS]
+        runs: dict[str, list[dict[str, Any]]] = {key: [] for key, *_ in layers}
         for r in range(rounds):
-            for kind in kinds[r % len(kinds) :] + kinds[: r % len(kinds)]:
-                args = ("--kind", kind, "--urls", urls, "--conns", "16", "--window", "1")
-                runs[kind].append(run_client("rt", *args))
+            for key, kind, nb, _label in layers[r % len(layers) :] + layers[: r % len(layers)]:
+                target = ",".join(all_urls[:nb])
+                args = ("--kind", kind, "--urls", target, "--conns", "16", "--window", "1")
+                runs[key].append(run_client("rt", *args))
         prev = None
-        for kind, label in LAYERS:
-            cpu = median([x["client_cpu_us_per_rt"] for x in runs[kind]])
-            out["layers"][kind] = {
+        for key, _kind, _nb, label in layers:
+            cpu = median([x["client_cpu_us_per_rt"] for x in runs[key]])
+            out["layers"][key] = {
                 "label": label,
                 "client_cpu_us_per_rt": cpu,
                 "added_us": None if prev is None else cpu - prev,
-                "throughput": median([x["throughput"] for x in runs[kind]]),
-                "client_cpu_pct": median([x["client_cpu_pct"] for x in runs[kind]]),
-                "rounds": [x["client_cpu_us_per_rt"] for x in runs[kind]],
+                "throughput": median([x["throughput"] for x in runs[key]]),
+                "client_cpu_pct": median([x["client_cpu_pct"] for x in runs[key]]),
+                "rounds": [x["client_cpu_us_per_rt"] for x in runs[key]],
             }
             prev = cpu
         for kind in PROFILED:
