@@ -110,7 +110,7 @@ class Settings:
             return cls(mode, (2,), rounds or 1, 0.05, 0.2, 20, 40, 2, 0.3)
         if mode == "quick":
             return cls(mode, (1, 16, 64), rounds or 2, 0.15, 0.5, 300, 1_000, 10, 3.0)
-        return cls(mode, (1, 16, 64), rounds or 5, 0.25, 0.8, 1_000, 10_000, 10, 20.0)
+        return cls(mode, (1, 16, 64), rounds or 3, 0.25, 0.8, 1_000, 10_000, 10, 20.0)
 
 
 def log(msg: str) -> None:

@@ -1,7 +1,8 @@
-"""``benchmarks/pool_costs.py`` end to end with tiny sizes (its undocumented ``--smoke``).
+"""``benchmarks/pool_costs.py`` and ``benchmarks/client_bound.py`` end to end with tiny
+sizes (their undocumented ``--smoke``).
 
-The figures themselves are not judged here (a loaded machine moves them); the test
-checks that the script runs against the current pool, stops what it started, and
+The figures themselves are not judged here (a loaded machine moves them); the tests
+check that each script runs against the current pool, stops what it started, and
 writes every figure the README and ``run.py`` read, as a positive number.
 """
 
