@@ -410,7 +410,7 @@ def fmt_table(res: dict[str, Any], indent: str = "") -> str:
         lines.append("client-bound throughput (100 B round trips; medians of rounds)")
         lines.append(
             f"{'client':<21}{'conns':>6}{'rt/s':>10}{'p50 us':>9}{'p99 us':>9}"
-            f"{'cpu us/rt':>11}{'client%':>9}{'backends%':>11}{'others%':>9}"
+            f"{'cpu us/rt':>11}{'rt/s/core':>11}{'client%':>9}{'backends%':>11}{'others%':>9}"
         )
         for row in tp["rows"].values():
             if row["status"] != "ok":
@@ -423,22 +423,33 @@ def fmt_table(res: dict[str, Any], indent: str = "") -> str:
                 lines.append(
                     f"{row['label']:<21}{n:>6}{rec['throughput']:>10,.0f}{rec['p50_us']:>9.0f}"
                     f"{rec['p99_us']:>9.0f}{rec['client_cpu_us_per_rt']:>11.1f}"
+                    f"{1e6 / rec['client_cpu_us_per_rt']:>11,.0f}"
                     f"{rec['client_cpu_pct']:>9.0f}{rec['backend_cpu_pct_sum']:>11.0f}"
                     f"{rec['others_cpu_pct']:>9.0f}{extra}"
                 )
-        lines.append("ratios (median / median; [paired per-round min-max]; target at 16, 64)")
+        lines.append("ratios (median / median [paired per-round min-max]; targets at 16, 64)")
+        groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
         for r in tp["ratios"]:
-            what = f"{LABELS[r['num']]} / {LABELS[r['den']]} {r['figure']} @{r['conns']}"
-            if r["ratio"] is None:
-                lines.append(f"  {what}: {r['status']}")
+            groups.setdefault((r["num"], r["den"], r["figure"]), []).append(r)
+        for (num, den, figure), recs in groups.items():
+            what = f"  {LABELS[num]} / {LABELS[den]} {figure}"
+            target = next((r["target"] for r in recs if "target" in r), None)
+            if target is not None:
+                what += f" (target {target})"
+            missing = next((r["status"] for r in recs if r["ratio"] is None), None)
+            if missing is not None:
+                lines.append(f"{what}: {missing}")
                 continue
-            verdict = ""
-            if "target" in r:
-                verdict = f"  target {r['target']}: {'met' if r['meets_target'] else 'MISSED'}"
-            lines.append(
-                f"  {what}: {r['ratio']:.2f} [{_fmt(r['paired_min'], '.2f')}-"
-                f"{_fmt(r['paired_max'], '.2f')}]{verdict}"
-            )
+            parts = []
+            for r in recs:
+                verdict = ""
+                if "meets_target" in r:
+                    verdict = " met" if r["meets_target"] else " MISSED"
+                parts.append(
+                    f"@{r['conns']} {r['ratio']:.2f} [{_fmt(r['paired_min'], '.2f')}-"
+                    f"{_fmt(r['paired_max'], '.2f')}]{verdict}"
+                )
+            lines.append(f"{what}: " + ", ".join(parts))
         bound = [
             rec["client_cpu_pct"] for row in tp["rows"].values() for rec in row["by_conns"].values()
         ]
@@ -520,13 +531,16 @@ def write_chart(res: dict[str, Any], path: Path) -> Path | None:
         ax.set_title(title)
         ax.grid(axis="y", alpha=0.3)
     axes[0].legend(fontsize=8)
+    absent = [f"{v['label']}: {v['status']}" for v in tp["rows"].values() if v["status"] != "ok"]
+    if absent:
+        fig.text(0.01, 0.01, "; ".join(absent), fontsize=7)
     env = res.get("environment", {})
     fig.suptitle(
         f"wsclient client-bound benchmark, 100 B echo ({env.get('date', '')}, "
         f"{env.get('cpus', '?')} CPUs, Python {env.get('python', '')})",
         fontsize=10,
     )
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.04 if absent else 0, 1, 1))
     fig.savefig(path, dpi=90)
     plt.close(fig)
     return path
