@@ -165,10 +165,11 @@ def availability() -> dict[str, str]:
 # =============================================================================== scenarios
 
 
-def bench_throughput(s: Settings, status: dict[str, str]) -> dict[str, Any]:
+def bench_throughput(
+    s: Settings, status: dict[str, str], servers: list[EchoServers]
+) -> dict[str, Any]:
     runs: list[dict[str, Any]] = []
     with ExitStack() as stack:
-        servers = stack.enter_context(backends(3))
         urls = [srv.urls[0] for srv in servers]
         backend_pids = [srv.pid for srv in servers]
         proxy: HAProxy | None = None
@@ -317,7 +318,7 @@ def _ratio(
     return rec
 
 
-def bench_memory(s: Settings, status: dict[str, str]) -> dict[str, Any]:
+def bench_memory(s: Settings, status: dict[str, str], servers: list[EchoServers]) -> dict[str, Any]:
     out: dict[str, Any] = {
         "conns": s.memory_conns,
         "method": "fresh process per kind; /proc/self/statm RSS before and after opening "
@@ -326,37 +327,34 @@ def bench_memory(s: Settings, status: dict[str, str]) -> dict[str, Any]:
         "kinds": {},
         "ratios": [],
     }
-    with backends(3) as servers:
-        urls = ",".join(srv.urls[0] for srv in servers)
-        for pool_kind, raw_kind in MEMORY_PAIRS:
-            for kind in (raw_kind, pool_kind):
-                if status[kind]:
-                    out["kinds"][kind] = {"status": status[kind]}
-                    continue
-                res = run_client(
-                    "mem", "--kind", kind, "--urls", urls, "--conns", str(s.memory_conns)
-                )
-                out["kinds"][kind] = res
-                log(f"  {LABELS[kind]:<20} {res['rss_kib_per_conn']:6.1f} KiB per connection")
-            a, b = out["kinds"][pool_kind], out["kinds"][raw_kind]
-            ratio = (
-                a["rss_kib_per_conn"] / b["rss_kib_per_conn"]
-                if "rss_kib_per_conn" in a and "rss_kib_per_conn" in b
-                else None
-            )
-            out["ratios"].append(
-                {
-                    "num": pool_kind,
-                    "den": raw_kind,
-                    "ratio": ratio,
-                    "target": f"<= {MEMORY_TARGET}",
-                    "meets_target": None if ratio is None else ratio <= MEMORY_TARGET,
-                }
-            )
+    urls = ",".join(srv.urls[0] for srv in servers)
+    for pool_kind, raw_kind in MEMORY_PAIRS:
+        for kind in (raw_kind, pool_kind):
+            if status[kind]:
+                out["kinds"][kind] = {"status": status[kind]}
+                continue
+            res = run_client("mem", "--kind", kind, "--urls", urls, "--conns", str(s.memory_conns))
+            out["kinds"][kind] = res
+            log(f"  {LABELS[kind]:<20} {res['rss_kib_per_conn']:6.1f} KiB per connection")
+        a, b = out["kinds"][pool_kind], out["kinds"][raw_kind]
+        ratio = (
+            a["rss_kib_per_conn"] / b["rss_kib_per_conn"]
+            if "rss_kib_per_conn" in a and "rss_kib_per_conn" in b
+            else None
+        )
+        out["ratios"].append(
+            {
+                "num": pool_kind,
+                "den": raw_kind,
+                "ratio": ratio,
+                "target": f"<= {MEMORY_TARGET}",
+                "meets_target": None if ratio is None else ratio <= MEMORY_TARGET,
+            }
+        )
     return out
 
 
-def bench_warm(s: Settings, status: dict[str, str]) -> dict[str, Any]:
+def bench_warm(s: Settings, status: dict[str, str], servers: list[EchoServers]) -> dict[str, Any]:
     out: dict[str, Any] = {
         "conns": s.warm_conns,
         "backends": s.warm_backends,
@@ -367,30 +365,29 @@ def bench_warm(s: Settings, status: dict[str, str]) -> dict[str, Any]:
         "target_idle_cpu_pct": IDLE_CPU_TARGET_PCT,
         "kinds": {},
     }
-    with backends(s.warm_backends) as servers:
-        urls = ",".join(srv.urls[0] for srv in servers)
-        for kind in ("wsclient-aiohttp", "wsclient-picows"):
-            if status[kind]:
-                out["kinds"][kind] = {"status": status[kind]}
-                continue
-            res = run_client(
-                "warm",
-                "--kind",
-                kind,
-                "--urls",
-                urls,
-                "--conns",
-                str(s.warm_conns),
-                "--window",
-                str(s.warm_window),
-                timeout=600,
-            )
-            res["meets_target"] = res["idle_cpu_pct"] < IDLE_CPU_TARGET_PCT
-            out["kinds"][kind] = res
-            log(
-                f"  {LABELS[kind]:<20} start {res['start_s']:.1f} s, RSS "
-                f"{res['rss_bytes'] / 2**20:.0f} MiB, idle CPU {res['idle_cpu_pct']:.1f}%"
-            )
+    urls = ",".join(srv.urls[0] for srv in servers)
+    for kind in ("wsclient-aiohttp", "wsclient-picows"):
+        if status[kind]:
+            out["kinds"][kind] = {"status": status[kind]}
+            continue
+        res = run_client(
+            "warm",
+            "--kind",
+            kind,
+            "--urls",
+            urls,
+            "--conns",
+            str(s.warm_conns),
+            "--window",
+            str(s.warm_window),
+            timeout=600,
+        )
+        res["meets_target"] = res["idle_cpu_pct"] < IDLE_CPU_TARGET_PCT
+        out["kinds"][kind] = res
+        log(
+            f"  {LABELS[kind]:<20} start {res['start_s']:.1f} s, RSS "
+            f"{res['rss_bytes'] / 2**20:.0f} MiB, idle CPU {res['idle_cpu_pct']:.1f}%"
+        )
     return out
 
 
@@ -692,15 +689,18 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     t0 = time.monotonic()
     res: dict[str, Any] = {"mode": mode, "environment": environment()}
-    if "throughput" in only:
-        log("client-bound throughput")
-        res["throughput"] = bench_throughput(s, status)
-    if "memory" in only:
-        log("memory per idle connection")
-        res["memory"] = bench_memory(s, status)
-    if "warm" in only:
-        log(f"{s.warm_conns} warm connections")
-        res["warm"] = bench_warm(s, status)
+    # One set of backend processes for every scenario: the first 3 serve throughput and
+    # memory, all of them the warm connections (idle ones cost no CPU meanwhile).
+    with backends(max(3, s.warm_backends if "warm" in only else 3)) as servers:
+        if "throughput" in only:
+            log("client-bound throughput")
+            res["throughput"] = bench_throughput(s, status, servers[:3])
+        if "memory" in only:
+            log("memory per idle connection")
+            res["memory"] = bench_memory(s, status, servers[:3])
+        if "warm" in only:
+            log(f"{s.warm_conns} warm connections")
+            res["warm"] = bench_warm(s, status, servers[: s.warm_backends])
     res["environment"]["loadavg_end"] = list(os.getloadavg())
     res["seconds"] = round(time.monotonic() - t0, 1)
     args.json.parent.mkdir(parents=True, exist_ok=True)
