@@ -6,7 +6,8 @@ the reason it cannot. ``HAProxy(ports)`` writes a config to a temporary director
 ``haproxy -db`` (foreground, no daemon) as our own child: one process, one thread
 (``nbthread 1``, so it competes with the backends for the second core like any single
 proxy process would), HTTP mode so the WebSocket upgrade is parsed and then tunnelled,
-round-robin over the backends. ``stop()`` sends SIGTERM to that PID and reaps it.
+round-robin over the backends. ``stop()`` sends SIGTERM to that PID and reaps it (the
+caller registers it, e.g. ``stack.callback(proxy.stop)``, right after ``start()``).
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
-from types import TracebackType
+
+from _servers import stop_process
 
 
 def ensure_haproxy() -> tuple[str | None, str]:
@@ -124,26 +126,9 @@ class HAProxy:
         """SIGTERM to our PID, SIGKILL after ``timeout``; reaps it. Idempotent."""
         proc = self._proc
         if proc is not None:
-            if proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(timeout)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+            stop_process(proc, timeout)
             if proc.stderr is not None:
                 proc.stderr.close()
         if self._dir is not None:
             self._dir.cleanup()
             self._dir = None
-
-    def __enter__(self) -> HAProxy:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()

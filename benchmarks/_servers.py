@@ -160,6 +160,17 @@ def main(argv: list[str] | None = None) -> None:
 # ----------------------------------------------------------------------------- parent side
 
 
+def stop_process(proc: subprocess.Popen[bytes], timeout: float) -> None:
+    """SIGTERM to our child, SIGKILL after ``timeout``; always reaps it."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 class EchoServers:
     """A child process serving ``count`` echo backends; ``urls`` once started."""
 
@@ -268,13 +279,7 @@ class EchoServers:
         proc = self._proc
         if proc is None:
             return
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_process(proc, timeout)
         self._close_pipes(proc)
 
     @staticmethod

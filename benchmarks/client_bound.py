@@ -46,6 +46,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _haproxy import HAProxy, ensure_haproxy
+from _results import json_safe
 from _servers import EchoServers
 
 HERE = Path(__file__).resolve().parent
@@ -110,7 +111,7 @@ class Settings:
             return cls(mode, (2,), rounds or 1, 0.05, 0.2, 20, 40, 2, 0.3)
         if mode == "quick":
             return cls(mode, (1, 16, 64), rounds or 2, 0.15, 0.5, 300, 1_000, 10, 3.0)
-        return cls(mode, (1, 16, 64), rounds or 3, 0.25, 0.8, 1_000, 10_000, 10, 20.0)
+        return cls(mode, (1, 16, 64), rounds or 3, 0.2, 0.7, 1_000, 10_000, 10, 20.0)
 
 
 def log(msg: str) -> None:
@@ -177,7 +178,9 @@ def bench_throughput(
         if binary is None:
             status["haproxy-aiohttp"] = f"not available: {why}"
         else:
-            proxy = stack.enter_context(HAProxy(binary, [srv.ports[0] for srv in servers]))
+            proxy = HAProxy(binary, [srv.ports[0] for srv in servers])
+            stack.callback(proxy.stop)  # also cleans up after a start() that failed
+            proxy.start()
             log(f"haproxy pid {proxy.pid} on {proxy.url}")
         kinds = [k for k in KINDS if not status[k]]
         for r in range(s.rounds):
@@ -565,16 +568,6 @@ def environment() -> dict[str, Any]:
     return env
 
 
-def _json_safe(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_json_safe(v) for v in value]
-    return value
-
-
 # =============================================================================== main
 
 
@@ -642,7 +635,7 @@ def profile_mode(s: Settings, status: dict[str, str], rounds: int = 5) -> dict[s
                 "listing": str(path),
             }
     (RESULTS / "profile-client-bound.json").write_text(
-        json.dumps(_json_safe(out), indent=2, allow_nan=False) + "\n"
+        json.dumps(json_safe(out), indent=2, allow_nan=False) + "\n"
     )
     print(fmt_profile(out))
     return out
@@ -704,7 +697,7 @@ def main(argv: list[str] | None = None) -> int:
     res["environment"]["loadavg_end"] = list(os.getloadavg())
     res["seconds"] = round(time.monotonic() - t0, 1)
     args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(_json_safe(res), indent=2, allow_nan=False) + "\n")
+    args.json.write_text(json.dumps(json_safe(res), indent=2, allow_nan=False) + "\n")
     chart = write_chart(res, args.json.with_suffix(".png"))
     print(fmt_table(res))
     print(f"results: {args.json}" + (f", chart: {chart}" if chart else ""))

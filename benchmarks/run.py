@@ -36,7 +36,6 @@ import gc
 import io
 import json
 import logging
-import math
 import os
 import platform
 import pstats
@@ -55,6 +54,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from _results import json_safe
 from _servers import EchoServers
 from client_bound import fmt_table as client_bound_table
 from client_bound import write_chart as client_bound_chart
@@ -121,7 +121,7 @@ class Settings:
     def make(cls, quick: bool, rounds: int | None) -> Settings:
         if quick:
             return cls(True, rounds or 3, 0.6, 0.2, 5_000, 3, 0.01, 3, 1, 8.0, 100)
-        return cls(False, rounds or 7, 2.0, 0.3, 20_000, 7, 0.04, 5, 3, 15.0, 400)
+        return cls(False, rounds or 5, 2.0, 0.3, 20_000, 7, 0.04, 5, 3, 15.0, 400)
 
 
 def now_utc() -> datetime:
@@ -1098,23 +1098,12 @@ async def run_suite(s: Settings, only: frozenset[str]) -> dict[str, Any]:
     return res
 
 
-def _json_safe(value: Any) -> Any:
-    """NaN/inf (an empty sample, an unreadable /proc) become null: strict JSON."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_json_safe(v) for v in value]
-    return value
-
-
 def write_results(res: dict[str, Any], out: Path | None) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
     stamp = now_utc().strftime("%Y%m%dT%H%M%SZ")
     path = out if out is not None else RESULTS / f"bench-{stamp}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(_json_safe(res), indent=2, allow_nan=False) + "\n"
+    text = json.dumps(json_safe(res), indent=2, allow_nan=False) + "\n"
     path.write_text(text)
     (RESULTS / "latest.json").write_text(text)
     return path
