@@ -21,7 +21,7 @@ process (see ``_servers.py``), so this process's event loop is the client alone:
                  under ``"client_bound"``, its chart written beside ours).
 
 Results: ``benchmarks/results/bench-<UTC timestamp>.json`` and ``latest.json``; a table on
-stdout. ``--quick`` is a ~50 s smoke run; ``--profile`` runs cProfile over one pooled and
+stdout. ``--quick`` is a ~75 s smoke run; ``--profile`` runs cProfile over one pooled and
 one raw throughput round instead of the suite.
 """
 
@@ -1111,7 +1111,7 @@ def write_results(res: dict[str, Any], out: Path | None) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="wsclient benchmarks")
-    parser.add_argument("--quick", action="store_true", help="~30 s smoke run")
+    parser.add_argument("--quick", action="store_true", help="~75 s smoke run")
     parser.add_argument("--rounds", type=int, default=None, help="throughput rounds per arm")
     parser.add_argument("--out", type=Path, default=None, help="JSON output path")
     parser.add_argument("--profile", action="store_true", help="cProfile the throughput arms")
