@@ -27,7 +27,6 @@ import asyncio
 import cProfile
 import functools
 import gc
-import io
 import json
 import os
 import pstats
@@ -40,12 +39,13 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _cprofile_groups import profile_groups, profile_text
 from _servers import raise_nofile_limit
 
 PAYLOAD = b"x" * 100
 POOL_KINDS = {"wsclient-aiohttp": None, "wsclient-picows": "picows"}
 RAW_KINDS = ("raw-aiohttp", "raw-picows", "websockets")
-# Only for ``client_bound.py --profile``'s decomposition of the pool's cost: raw aiohttp with
+# Only for ``profile_hot_path.py``'s decomposition of the pool's cost: raw aiohttp with
 # the pool's default heartbeat, and wsclient's Connection without the pool around it.
 # And the pool with each worker holding one leased connection for the whole run.
 LAYER_KINDS = ("raw-aiohttp-hb", "wsclient-connection", "wsclient-held")
@@ -361,49 +361,6 @@ async def cmd_rt(args: argparse.Namespace) -> dict[str, Any]:
         res["profile"] = profile_text(profile, n_rt, args.kind)
         res["profile_groups"] = profile_groups(pstats.Stats(profile), n_rt)
     return res
-
-
-# Where a frame's own time goes, by the file it is in (first match wins).
-PROFILE_GROUPS: tuple[tuple[str, str], ...] = (
-    ("wsclient/pool.py", "wsclient pool shell (pool.py)"),
-    ("wsclient/core", "wsclient pool core (core.py)"),
-    ("wsclient/balancers", "wsclient balancer"),
-    ("wsclient/connection.py", "wsclient Connection"),
-    ("wsclient/", "wsclient, other"),
-    ("aiohttp/_websocket/writer", "aiohttp frame writer (incl. transport.write)"),
-    ("aiohttp/", "aiohttp, other"),
-    ("websockets/", "websockets"),
-    ("_bench_clients.py", "benchmark loop"),
-    ("asyncio/", "asyncio (Python part)"),
-)
-
-
-def profile_groups(stats: pstats.Stats, n_rt: int) -> list[tuple[str, float, int]]:
-    """(group, own CPU us per round trip, calls per round trip), largest first."""
-    own: dict[str, float] = {}
-    calls: dict[str, int] = {}
-    raw: dict[Any, Any] = stats.stats  # type: ignore[attr-defined]
-    for (filename, _line, _name), (_cc, nc, tt, _ct, _callers) in raw.items():
-        group = next((g for key, g in PROFILE_GROUPS if key in filename), "builtins / C")
-        own[group] = own.get(group, 0.0) + tt
-        calls[group] = calls.get(group, 0) + nc
-    rows = [(g, own[g] / n_rt * 1e6, round(calls[g] / n_rt)) for g in own]
-    return sorted(rows, key=lambda r: -r[1])
-
-
-def profile_text(profile: cProfile.Profile, n_rt: int, kind: str) -> str:
-    buf = io.StringIO()
-    buf.write(f"{kind}: {n_rt} round trips in the window under cProfile (thread CPU time)\n\n")
-    stats = pstats.Stats(profile, stream=buf)
-    total = sum(us for _g, us, _c in profile_groups(stats, n_rt))
-    buf.write(f"own CPU time per round trip by group (total {total:.1f} us under the profiler):\n")
-    for group, us, ncalls in profile_groups(stats, n_rt):
-        buf.write(f"  {group:<46} {us:7.2f} us  {us / total:6.1%}  {ncalls:4d} calls\n")
-    buf.write("\n")
-    stats.sort_stats("tottime").print_stats(45)
-    stats.sort_stats("cumulative").print_stats(45)
-    stats.sort_stats("tottime").print_stats("wsclient/")
-    return buf.getvalue()
 
 
 async def cmd_mem(args: argparse.Namespace) -> dict[str, Any]:

@@ -21,9 +21,8 @@ hop (raw aiohttp through ``haproxy``) is installed with apt-get when missing (as
 stopped by PID afterwards; without it its rows say why.
 
 Writes JSON (``--json``, default ``results/client_bound.json``) and a PNG chart beside it
-(same name, ``.png``; needs matplotlib: ``pip install -e '.[bench]'``), and prints a table.
-``--profile`` instead cProfiles one 16-connection window per pool kind and raw aiohttp and
-writes ``results/profile-client-bound-<kind>.txt``.
+(same name, ``.png``; needs matplotlib: ``pip install -e '.[bench]'``), and prints a table
+(both from ``_client_bound_report.py``). ``profile_hot_path.py`` profiles the same setting.
 """
 
 from __future__ import annotations
@@ -45,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _client_bound_report import fmt_table, write_chart
 from _haproxy import HAProxy, ensure_haproxy
 from _results import json_safe
 from _servers import EchoServers
@@ -394,158 +394,6 @@ def bench_warm(s: Settings, status: dict[str, str], servers: list[EchoServers]) 
     return out
 
 
-# =============================================================================== output
-
-
-def _fmt(v: Any, spec: str) -> str:
-    if v is None or (isinstance(v, float) and not math.isfinite(v)):
-        return "-"
-    return format(v, spec)
-
-
-def fmt_table(res: dict[str, Any], indent: str = "") -> str:
-    lines: list[str] = []
-    tp = res.get("throughput")
-    if tp is not None:
-        lines.append("client-bound throughput (100 B round trips; medians of rounds)")
-        lines.append(
-            f"{'client':<21}{'conns':>6}{'rt/s':>10}{'p50 us':>9}{'p99 us':>9}"
-            f"{'cpu us/rt':>11}{'rt/s/core':>11}{'client%':>9}{'backends%':>11}{'others%':>9}"
-        )
-        for row in tp["rows"].values():
-            if row["status"] != "ok":
-                lines.append(f"{row['label']:<21}{row['status']}")
-                continue
-            for n, rec in row["by_conns"].items():
-                extra = (
-                    f" (+haproxy {rec['haproxy_cpu_pct']:.0f}%)" if "haproxy_cpu_pct" in rec else ""
-                )
-                lines.append(
-                    f"{row['label']:<21}{n:>6}{rec['throughput']:>10,.0f}{rec['p50_us']:>9.0f}"
-                    f"{rec['p99_us']:>9.0f}{rec['client_cpu_us_per_rt']:>11.1f}"
-                    f"{1e6 / rec['client_cpu_us_per_rt']:>11,.0f}"
-                    f"{rec['client_cpu_pct']:>9.0f}{rec['backend_cpu_pct_sum']:>11.0f}"
-                    f"{rec['others_cpu_pct']:>9.0f}{extra}"
-                )
-        lines.append("ratios (median / median [paired per-round min-max]; targets at 16, 64)")
-        groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
-        for r in tp["ratios"]:
-            groups.setdefault((r["num"], r["den"], r["figure"]), []).append(r)
-        for (num, den, figure), recs in groups.items():
-            what = f"  {LABELS[num]} / {LABELS[den]} {figure}"
-            target = next((r["target"] for r in recs if "target" in r), None)
-            if target is not None:
-                what += f" (target {target})"
-            missing = next((r["status"] for r in recs if r["ratio"] is None), None)
-            if missing is not None:
-                lines.append(f"{what}: {missing}")
-                continue
-            parts = []
-            for r in recs:
-                verdict = ""
-                if "meets_target" in r:
-                    verdict = " met" if r["meets_target"] else " MISSED"
-                parts.append(
-                    f"@{r['conns']} {r['ratio']:.2f} [{_fmt(r['paired_min'], '.2f')}-"
-                    f"{_fmt(r['paired_max'], '.2f')}]{verdict}"
-                )
-            lines.append(f"{what}: " + ", ".join(parts))
-        bound = [
-            rec["client_cpu_pct"] for row in tp["rows"].values() for rec in row["by_conns"].values()
-        ]
-        back = [
-            rec["backend_cpu_pct_max"]
-            for row in tp["rows"].values()
-            for rec in row["by_conns"].values()
-        ]
-        others = [
-            rec["others_cpu_pct"] for row in tp["rows"].values() for rec in row["by_conns"].values()
-        ]
-        if bound:
-            lines.append(
-                f"client CPU {min(bound):.0f}-{max(bound):.0f}% of one core per row "
-                f"(client-bound when >= {CLIENT_BOUND_CPU_PCT:.0f}%); busiest backend "
-                f"process {max(back):.0f}% of a core; other processes on the machine "
-                f"{min(others):.0f}-{max(others):.0f}% of a core ({os.cpu_count()} cores)"
-            )
-    mem = res.get("memory")
-    if mem is not None:
-        lines.append(f"memory per idle connection ({mem['conns']} connections, RSS)")
-        for kind, rec in mem["kinds"].items():
-            if "rss_kib_per_conn" in rec:
-                lines.append(f"  {LABELS[kind]:<20} {rec['rss_kib_per_conn']:6.1f} KiB")
-            else:
-                lines.append(f"  {LABELS[kind]:<20} {rec['status']}")
-        for r in mem["ratios"]:
-            if r["ratio"] is not None:
-                verdict = "met" if r["meets_target"] else "MISSED"
-                lines.append(
-                    f"  {LABELS[r['num']]} / {LABELS[r['den']]}: {r['ratio']:.2f} "
-                    f"(target {r['target']}: {verdict})"
-                )
-    warm = res.get("warm")
-    if warm is not None:
-        lines.append(
-            f"{warm['conns']:,} warm connections over {warm['backends']} backends, one process"
-        )
-        for kind, rec in warm["kinds"].items():
-            if "idle_cpu_pct" not in rec:
-                lines.append(f"  {LABELS[kind]:<20} {rec['status']}")
-                continue
-            verdict = "met" if rec["meets_target"] else "MISSED"
-            lines.append(
-                f"  {LABELS[kind]:<20} start {rec['start_s']:.1f} s, RSS "
-                f"{rec['rss_bytes'] / 2**20:.0f} MiB ({rec['rss_kib_per_conn']:.1f} KiB/conn), "
-                f"idle CPU {rec['idle_cpu_pct']:.1f}% of a core over {rec['window_s']:.0f} s "
-                f"(target < {IDLE_CPU_TARGET_PCT:.0f}%: {verdict})"
-            )
-    return "\n".join(indent + line for line in lines)
-
-
-def write_chart(res: dict[str, Any], path: Path) -> Path | None:
-    """Throughput and client CPU per round trip, grouped by connection count."""
-    tp = res.get("throughput")
-    if tp is None:
-        return None
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        log("matplotlib not installed (pip install -e '.[bench]'): no chart")
-        return None
-    rows = {k: v for k, v in tp["rows"].items() if v["status"] == "ok"}
-    conns = [str(n) for n in tp["setup"]["conns"]]
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
-    width = 0.8 / max(1, len(rows))
-    for ax, key, title, scale in (
-        (axes[0], "throughput", "round trips/s (thousands)", 1e-3),
-        (axes[1], "client_cpu_us_per_rt", "client CPU per round trip (us)", 1.0),
-    ):
-        for i, row in enumerate(rows.values()):
-            xs = [j + (i - (len(rows) - 1) / 2) * width for j in range(len(conns))]
-            ys = [row["by_conns"].get(n, {}).get(key, 0.0) * scale for n in conns]
-            ax.bar(xs, ys, width, label=row["label"])
-        ax.set_xticks(range(len(conns)), [f"{n} conns" for n in conns])
-        ax.set_title(title)
-        ax.grid(axis="y", alpha=0.3)
-    axes[0].legend(fontsize=8)
-    absent = [f"{v['label']}: {v['status']}" for v in tp["rows"].values() if v["status"] != "ok"]
-    if absent:
-        fig.text(0.01, 0.01, "; ".join(absent), fontsize=7)
-    env = res.get("environment", {})
-    fig.suptitle(
-        f"wsclient client-bound benchmark, 100 B echo ({env.get('date', '')}, "
-        f"{env.get('cpus', '?')} CPUs, Python {env.get('python', '')})",
-        fontsize=10,
-    )
-    fig.tight_layout(rect=(0, 0.04 if absent else 0, 1, 1))
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
-
-
 def environment() -> dict[str, Any]:
     import aiohttp
 
@@ -574,92 +422,6 @@ def environment() -> dict[str, Any]:
 SCENARIOS = ("throughput", "memory", "warm")
 
 
-# The pool's round trip, layer by layer (profile mode): (kind, backends, label).
-LAYERS: tuple[tuple[str, int, str], ...] = (
-    ("raw-aiohttp", 3, "raw aiohttp, no heartbeat"),
-    ("raw-aiohttp-hb", 3, "raw aiohttp, heartbeat=20 (as Connection sets)"),
-    ("wsclient-connection", 3, "wsclient Connection (connect(), no pool)"),
-    ("wsclient-held", 3, "pool, each worker holds one connection"),
-    ("wsclient-aiohttp", 1, "pool, acquire/release per round trip, 1 backend"),
-    ("wsclient-aiohttp", 3, "pool, acquire/release per round trip, 3 backends"),
-)
-PROFILED = ("wsclient-aiohttp", "wsclient-picows", "raw-aiohttp")
-
-
-def profile_mode(s: Settings, status: dict[str, str], rounds: int = 5) -> dict[str, Any]:
-    """Where the pool's microseconds go, two ways, at 16 connections:
-
-    1. layers: client CPU per round trip (no profiler) of raw aiohttp, raw aiohttp with a
-       heartbeat, wsclient's Connection alone, the pool with connections held, and the
-       pool with an acquire/release per round trip over 1 and over 3 backends
-       (``LAYERS``), alternating rounds; each difference is what that step adds.
-    2. cProfile (thread CPU time) of one 3 s window per kind in ``PROFILED``: own time per
-       round trip grouped by module, and the full listing in
-       ``results/profile-client-bound-<kind>.txt``.
-    """
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    out: dict[str, Any] = {"conns": 16, "layers": {}, "profiles": {}}
-    with backends(3) as servers:
-        urls = ",".join(srv.urls[0] for srv in servers)
-        all_urls = [srv.urls[0] for srv in servers]
-        layers = [(f"{kind}@{nb}", kind, nb, label) for kind, nb, label in LAYERS]
-        runs: dict[str, list[dict[str, Any]]] = {key: [] for key, *_ in layers}
-        for r in range(rounds):
-            for key, kind, nb, _label in layers[r % len(layers) :] + layers[: r % len(layers)]:
-                target = ",".join(all_urls[:nb])
-                args = ("--kind", kind, "--urls", target, "--conns", "16", "--window", "1")
-                runs[key].append(run_client("rt", *args))
-        prev = None
-        for key, _kind, _nb, label in layers:
-            cpu = median([x["client_cpu_us_per_rt"] for x in runs[key]])
-            out["layers"][key] = {
-                "label": label,
-                "client_cpu_us_per_rt": cpu,
-                "added_us": None if prev is None else cpu - prev,
-                "throughput": median([x["throughput"] for x in runs[key]]),
-                "client_cpu_pct": median([x["client_cpu_pct"] for x in runs[key]]),
-                "rounds": [x["client_cpu_us_per_rt"] for x in runs[key]],
-            }
-            prev = cpu
-        for kind in PROFILED:
-            if status[kind]:
-                out["profiles"][kind] = {"status": status[kind]}
-                continue
-            args = ("--kind", kind, "--urls", urls, "--conns", "16", "--window", "3")
-            res = run_client("rt", *args, "--profile")
-            path = RESULTS / f"profile-client-bound-{kind}.txt"
-            path.write_text(res["profile"])
-            out["profiles"][kind] = {
-                "round_trips": res["round_trips"],
-                "groups": res["profile_groups"],
-                "listing": str(path),
-            }
-    (RESULTS / "profile-client-bound.json").write_text(
-        json.dumps(json_safe(out), indent=2, allow_nan=False) + "\n"
-    )
-    print(fmt_profile(out))
-    return out
-
-
-def fmt_profile(out: dict[str, Any]) -> str:
-    lines = [f"client CPU per round trip by layer ({out['conns']} connections, no profiler)"]
-    for rec in out["layers"].values():
-        added = "" if rec["added_us"] is None else f"  ({rec['added_us']:+.1f} us)"
-        lines.append(
-            f"  {rec['label']:<48} {rec['client_cpu_us_per_rt']:6.1f} us{added}"
-            f"  {rec['throughput']:>9,.0f} rt/s, client {rec['client_cpu_pct']:.0f}%"
-        )
-    for kind, prof in out["profiles"].items():
-        if "groups" not in prof:
-            lines.append(f"{LABELS[kind]}: {prof['status']}")
-            continue
-        lines.append(f"{LABELS[kind]} under cProfile: own CPU per round trip by module")
-        total = sum(us for _g, us, _c in prof["groups"])
-        for group, us, calls in prof["groups"]:
-            lines.append(f"  {group:<46} {us:6.2f} us {us / total:6.1%} {calls:4d} calls")
-    return "\n".join(lines)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="short rounds, smaller sizes")
@@ -667,7 +429,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=None)
     parser.add_argument("--json", type=Path, default=RESULTS / "client_bound.json")
     parser.add_argument("--only", default=",".join(SCENARIOS))
-    parser.add_argument("--profile", action="store_true")
     args = parser.parse_args(argv)
     # SIGTERM unwinds like Ctrl-C, so every ExitStack stops the processes it started.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
@@ -677,11 +438,16 @@ def main(argv: list[str] | None = None) -> int:
     if not only or only - set(SCENARIOS):
         parser.error(f"--only takes names from: {', '.join(SCENARIOS)}")
     status = availability()
-    if args.profile:
-        profile_mode(s, status)
-        return 0
     t0 = time.monotonic()
-    res: dict[str, Any] = {"mode": mode, "environment": environment()}
+    res: dict[str, Any] = {
+        "mode": mode,
+        "environment": environment(),
+        "labels": LABELS,
+        "limits": {
+            "client_bound_cpu_pct": CLIENT_BOUND_CPU_PCT,
+            "idle_cpu_target_pct": IDLE_CPU_TARGET_PCT,
+        },
+    }
     # One set of backend processes for every scenario: the first 3 serve throughput and
     # memory, all of them the warm connections (idle ones cost no CPU meanwhile).
     with backends(max(3, s.warm_backends if "warm" in only else 3)) as servers:

@@ -54,10 +54,10 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from _client_bound_report import fmt_table as client_bound_table
+from _client_bound_report import write_chart as client_bound_chart
 from _results import json_safe
 from _servers import EchoServers
-from client_bound import fmt_table as client_bound_table
-from client_bound import write_chart as client_bound_chart
 from pool_costs import fmt_table as pool_costs_table
 
 import wsclient
