@@ -1,4 +1,4 @@
-"""Echo backends for the benchmarks: several aiohttp WebSocket servers in ONE child process.
+"""Echo backends for the benchmarks: several WebSocket servers in ONE child process.
 
 Run as a script it listens on ``--count`` OS-assigned ports of 127.0.0.1 (path ``/ws``;
 text is echoed as the same text, binary as the same bytes), prints
@@ -13,6 +13,11 @@ server carries fault-injection hooks and counters on the message path. On a 2-co
 the client must get one core to itself and the echo side the other, so the throughput
 scenario serves all its backends from one lean process; the failover scenario starts one
 ``EchoServers(count=1)`` per backend so that a single backend can be SIGKILLed.
+
+``--impl picows`` serves with picows on uvloop instead of aiohttp (``EchoServers(impl=
+"picows")``): the fastest echo Python has, so that in ``client_bound.py`` the *client* is
+the bottleneck. Either way the child raises its soft file-descriptor limit to the hard one
+(the 10,000-connection scenario puts 1,000 sockets on each backend).
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import argparse
 import asyncio
 import contextlib
 import os
+import resource
 import select
 import signal
 import socket
@@ -29,6 +35,7 @@ import sys
 import time
 from pathlib import Path
 from types import TracebackType
+from typing import Any, Literal
 
 from aiohttp import WSMsgType, web
 
@@ -59,14 +66,63 @@ def _listen(host: str, backlog: int) -> socket.socket:
     return sock
 
 
-async def _serve(count: int, host: str, backlog: int) -> None:
+def raise_nofile_limit() -> int:
+    """Soft RLIMIT_NOFILE up to the hard limit; returns the new soft limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+def _stop_event() -> asyncio.Event:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     # The parent holds the write end of our stdin: EOF means it is gone.
     loop.add_reader(sys.stdin.fileno(), stop.set)
+    return stop
 
+
+def _ready(socks: list[socket.socket]) -> None:
+    ports = " ".join(str(s.getsockname()[1]) for s in socks)
+    sys.stdout.write(f"READY {ports}\n")
+    sys.stdout.flush()
+
+
+async def _serve_picows(count: int, host: str, backlog: int) -> None:
+    # Imported here: the aiohttp servers (and the tests that use them) need no picows.
+    import picows
+
+    class Echo(picows.WSListener):
+        def on_ws_frame(self, transport: picows.WSTransport, frame: picows.WSFrame) -> None:
+            kind = frame.msg_type
+            if kind is picows.WSMsgType.TEXT or kind is picows.WSMsgType.BINARY:
+                transport.send(kind, frame.get_payload_as_memoryview())
+            elif kind is picows.WSMsgType.CLOSE:
+                transport.send_close(frame.get_close_code(), frame.get_close_message())
+                transport.disconnect()
+
+    def factory(_request: Any) -> Echo:
+        return Echo()
+
+    stop = _stop_event()
+    socks = [_listen(host, backlog) for _ in range(count)]
+    servers = [await picows.ws_create_server(factory, sock=sock) for sock in socks]
+    try:
+        _ready(socks)
+        await stop.wait()
+    finally:
+        for server in servers:
+            server.close()
+        for sock in socks:
+            sock.close()
+
+
+async def _serve(count: int, host: str, backlog: int) -> None:
+    stop = _stop_event()
     app = web.Application()
     app.router.add_get(PATH, _echo)
     runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=1.0)
@@ -75,9 +131,7 @@ async def _serve(count: int, host: str, backlog: int) -> None:
     try:
         for sock in socks:
             await web.SockSite(runner, sock, shutdown_timeout=1.0).start()
-        ports = " ".join(str(s.getsockname()[1]) for s in socks)
-        sys.stdout.write(f"READY {ports}\n")
-        sys.stdout.flush()
+        _ready(socks)
         await stop.wait()
     finally:
         with contextlib.suppress(Exception):
@@ -92,18 +146,44 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--count", type=int, default=3, help="number of ports to serve")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--backlog", type=int, default=1024)
+    parser.add_argument("--impl", choices=("aiohttp", "picows"), default="aiohttp")
     args = parser.parse_args(argv)
-    asyncio.run(_serve(args.count, args.host, args.backlog))
+    raise_nofile_limit()
+    if args.impl == "picows":
+        import uvloop
+
+        uvloop.run(_serve_picows(args.count, args.host, args.backlog))
+    else:
+        asyncio.run(_serve(args.count, args.host, args.backlog))
 
 
 # ----------------------------------------------------------------------------- parent side
 
 
+def stop_process(proc: subprocess.Popen[bytes], timeout: float) -> None:
+    """SIGTERM to our child, SIGKILL after ``timeout``; always reaps it."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 class EchoServers:
     """A child process serving ``count`` echo backends; ``urls`` once started."""
 
-    def __init__(self, count: int = 3, *, host: str = "127.0.0.1", startup_timeout: float = 20.0):
+    def __init__(
+        self,
+        count: int = 3,
+        *,
+        host: str = "127.0.0.1",
+        startup_timeout: float = 20.0,
+        impl: Literal["aiohttp", "picows"] = "aiohttp",
+    ):
         self.count = count
+        self.impl = impl
         self.host = host
         self.startup_timeout = startup_timeout
         self.ports: list[int] = []
@@ -134,7 +214,14 @@ class EchoServers:
         if self._proc is not None:
             raise RuntimeError("already started")
         self._proc = subprocess.Popen(
-            [sys.executable, str(Path(__file__).resolve()), "--count", str(self.count)],
+            [
+                sys.executable,
+                str(Path(__file__).resolve()),
+                "--count",
+                str(self.count),
+                "--impl",
+                self.impl,
+            ],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             start_new_session=True,  # a terminal Ctrl-C reaches only us; we stop it in finally
@@ -192,13 +279,7 @@ class EchoServers:
         proc = self._proc
         if proc is None:
             return
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_process(proc, timeout)
         self._close_pipes(proc)
 
     @staticmethod

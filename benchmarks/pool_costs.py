@@ -36,7 +36,6 @@ import contextlib
 import gc
 import json
 import logging
-import math
 import os
 import platform
 import random
@@ -52,6 +51,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from _results import json_safe
 from _servers import EchoServers
 
 import wsclient
@@ -736,16 +736,6 @@ def fmt_table(res: dict[str, Any], indent: str = "") -> str:
 # =============================================================================== main
 
 
-def _json_safe(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_json_safe(v) for v in value]
-    return value
-
-
 async def run_all(s: Settings) -> dict[str, Any]:
     res: dict[str, Any] = {
         "benchmark": "pool_costs",
@@ -781,7 +771,7 @@ def main(argv: list[str] | None = None) -> int:
     mode = "smoke" if args.smoke else "quick" if args.quick else "full"
     res = asyncio.run(run_all(Settings.make(mode)))
     args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(_json_safe(res), indent=2, allow_nan=False) + "\n")
+    args.json.write_text(json.dumps(json_safe(res), indent=2, allow_nan=False) + "\n")
     print(fmt_table(res))
     print(f"results: {args.json}")
     return 0

@@ -19,9 +19,14 @@ process (see ``_servers.py``), so this process's event loop is the client alone:
                  (its JSON is embedded under ``"request_vs_acquire"``).
 8. metrics_cost  ``metrics_cost.py`` in a child process: acquire+release with
                  wsclient.metrics not enabled and enabled (``"metrics_cost"``).
+9. client_bound  ``client_bound.py`` in a child process: client-bound throughput, p50/p99
+                 and CPU per round trip of the pool (both transports) against raw
+                 aiohttp, raw picows, ``websockets`` and an HAProxy hop; memory per idle
+                 connection per transport; 10,000 warm connections (its JSON is embedded
+                 under ``"client_bound"``, its chart written beside ours).
 
 Results: ``benchmarks/results/bench-<UTC timestamp>.json`` and ``latest.json``; a table on
-stdout. ``--quick`` is a ~50 s smoke run; ``--profile`` runs cProfile over one pooled and
+stdout. ``--quick`` is a ~75 s smoke run; ``--profile`` runs cProfile over one pooled and
 one raw throughput round instead of the suite.
 """
 
@@ -36,7 +41,6 @@ import gc
 import io
 import json
 import logging
-import math
 import os
 import platform
 import pstats
@@ -55,6 +59,9 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from _client_bound_report import fmt_table as client_bound_table
+from _client_bound_report import write_chart as client_bound_chart
+from _results import json_safe
 from _servers import EchoServers
 from metrics_cost import fmt_table as metrics_cost_table
 from metrics_cost import run_as_child as metrics_cost_child
@@ -121,7 +128,7 @@ class Settings:
     def make(cls, quick: bool, rounds: int | None) -> Settings:
         if quick:
             return cls(True, rounds or 3, 0.6, 0.2, 5_000, 3, 0.01, 3, 1, 8.0, 100)
-        return cls(False, rounds or 7, 2.0, 0.3, 20_000, 7, 0.04, 5, 3, 15.0, 400)
+        return cls(False, rounds or 5, 2.0, 0.3, 20_000, 7, 0.04, 5, 3, 15.0, 400)
 
 
 def now_utc() -> datetime:
@@ -985,8 +992,12 @@ def fmt_table(res: dict[str, Any]) -> str:
         lines.append("6. pool_costs.py")
         lines.append(pool_costs_table(pc, indent="   "))
     if res.get("metrics_cost"):
-        lines.append("7. metrics_cost.py")
+        lines.append("8. metrics_cost.py")
         lines.append(metrics_cost_table(res["metrics_cost"], indent="   "))
+    cb = res.get("client_bound")
+    if cb:
+        lines.append("9. client_bound.py")
+        lines.append(client_bound_table(cb, indent="   "))
     return "\n".join(lines)
 
 
@@ -1031,6 +1042,7 @@ SCENARIOS: tuple[str, ...] = (
     "pool_costs",
     "request",
     "metrics_cost",
+    "client_bound",
 )
 
 
@@ -1049,6 +1061,16 @@ def bench_request(s: Settings) -> dict[str, Any]:
     out = RESULTS / "request_vs_acquire.json"
     cmd = [sys.executable, str(HERE / "request_vs_acquire.py"), "--json", str(out)]
     subprocess.run(cmd + (["--quick"] if s.quick else []), check=True)
+    result: dict[str, Any] = json.loads(out.read_text())
+    return result
+
+
+def bench_client_bound(s: Settings) -> dict[str, Any]:
+    """Scenario 7 is its own script too: its backends, HAProxy and client processes are
+    its children, and its 10,000 connections stay out of this process."""
+    out = RESULTS / "client_bound.json"
+    cmd = [sys.executable, str(HERE / "client_bound.py"), "--json", str(out)]
+    subprocess.run(cmd + (["--quick"] if s.quick else []), stdout=subprocess.DEVNULL, check=True)
     result: dict[str, Any] = json.loads(out.read_text())
     return result
 
@@ -1095,20 +1117,12 @@ async def run_suite(s: Settings, only: frozenset[str]) -> dict[str, Any]:
     if "metrics_cost" in only:
         log("8. metrics hot-path cost (metrics_cost.py)")
         res["metrics_cost"] = metrics_cost_child(RESULTS, s.quick)
+    if "client_bound" in only:
+        log("9. client-bound throughput, memory, warm connections (client_bound.py)")
+        res["client_bound"] = bench_client_bound(s)
     res["environment"]["loadavg_end"] = list(os.getloadavg())
     res["environment"]["suite_seconds"] = round(time.monotonic() - t_start, 1)
     return res
-
-
-def _json_safe(value: Any) -> Any:
-    """NaN/inf (an empty sample, an unreadable /proc) become null: strict JSON."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_json_safe(v) for v in value]
-    return value
 
 
 def write_results(res: dict[str, Any], out: Path | None) -> Path:
@@ -1116,7 +1130,7 @@ def write_results(res: dict[str, Any], out: Path | None) -> Path:
     stamp = now_utc().strftime("%Y%m%dT%H%M%SZ")
     path = out if out is not None else RESULTS / f"bench-{stamp}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(_json_safe(res), indent=2, allow_nan=False) + "\n"
+    text = json.dumps(json_safe(res), indent=2, allow_nan=False) + "\n"
     path.write_text(text)
     (RESULTS / "latest.json").write_text(text)
     return path
@@ -1124,7 +1138,7 @@ def write_results(res: dict[str, Any], out: Path | None) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="wsclient benchmarks")
-    parser.add_argument("--quick", action="store_true", help="~30 s smoke run")
+    parser.add_argument("--quick", action="store_true", help="~75 s smoke run")
     parser.add_argument("--rounds", type=int, default=None, help="throughput rounds per arm")
     parser.add_argument("--out", type=Path, default=None, help="JSON output path")
     parser.add_argument("--profile", action="store_true", help="cProfile the throughput arms")
@@ -1155,6 +1169,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     res = asyncio.run(run_suite(s, only))
     path = write_results(res, args.out)
+    if "client_bound" in res:
+        client_bound_chart(res["client_bound"], path.with_suffix(".png"))
     print(fmt_table(res))
     print(f"results: {path} (and {RESULTS / 'latest.json'})")
     return 0
