@@ -11,7 +11,7 @@ DURATION ?= 60
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev,redis]'
+	$(PY) -m pip install -q -e '.[dev,redis,fast]'
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -937,7 +937,7 @@ class ChaosRun:
                     self.violation(
                         "dead-idle-connection",
                         f"{link.id} on {link.backend_id} is {link.state.name} "
-                        f"(ws.closed={link.ws.closed}, close {link.close_code}) and has sat "
+                        f"(closed={link.transport.closed}, close {link.close_code}) and has sat "
                         f"in the idle set for {now - since:.2f} s",
                     )
         for link_id in list(self._dead_idle_since):
@@ -964,7 +964,7 @@ class ChaosRun:
         assert pool is not None
         socks: set[Addr] = set()
         for link in pool._links:
-            addr = _addr(link.ws.get_extra_info("sockname"))
+            addr = _addr(link.transport.get_extra_info("sockname"))
             if addr is not None:
                 socks.add(addr)
         return socks

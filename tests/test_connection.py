@@ -290,11 +290,11 @@ async def test_send_wrong_type_is_type_error(conn: Connection) -> None:
 async def test_compression_is_negotiated_and_round_trips(server: BackendServer) -> None:
     """compression=True negotiates permessage-deflate; messages still round-trip."""
     connection = await connect(server.url, compression=True)
-    assert connection._checked().ws.compress > 0
+    assert connection._checked().transport.compressed
     payload = "compress me " * 200
     await connection.send(payload)
     assert (await connection.receive(timeout=5)).data == payload
     await connection.close()
     plain = await connect(server.url)
-    assert plain._checked().ws.compress == 0
+    assert not plain._checked().transport.compressed
     await plain.close()

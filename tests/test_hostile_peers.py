@@ -33,7 +33,6 @@ from wsclient import (
     WebSocketPool,
     connect,
 )
-from wsclient.connection import new_session
 from wsclient.health import HealthChecker, ProbeResult
 from wsclient.testing import BackendServer
 from wsclient.testing.peers import (
@@ -45,6 +44,7 @@ from wsclient.testing.peers import (
     RedirectingPeer,
     SendingPeer,
 )
+from wsclient.transports.aiohttp import new_session
 
 from .conftest import FAST
 

@@ -26,7 +26,8 @@ import aiohttp
 from yarl import URL
 
 from wsclient.config import ConnectionOptions, HealthCheckConfig
-from wsclient.connection import _ssl_argument, auth_headers, describe_connect_error
+from wsclient.transports.aiohttp import describe_connect_error, ssl_argument
+from wsclient.transports.base import auth_headers
 
 logger = logging.getLogger("wsclient.health")
 
@@ -126,7 +127,7 @@ class HealthChecker:
         self, ws_url: str, options: ConnectionOptions, path: str
     ) -> ProbeResult | None:
         url = http_origin(ws_url).with_path(path)
-        async with self._session().get(url, ssl=_ssl_argument(options.ssl)) as response:
+        async with self._session().get(url, ssl=ssl_argument(options.ssl)) as response:
             await response.read()
             if 200 <= response.status < 300:
                 return None
@@ -143,7 +144,7 @@ class HealthChecker:
             url,
             headers=headers,
             protocols=options.protocols,
-            ssl=_ssl_argument(options.ssl),
+            ssl=ssl_argument(options.ssl),
             autoping=False,
             timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=1.0),
         ) as ws:

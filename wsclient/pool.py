@@ -38,15 +38,7 @@ from wsclient.backend import BackendHealth
 from wsclient.balancers import create_balancer
 from wsclient.codes import CloseCode, ConnectionState, check_close_code
 from wsclient.config import Backend, ConnectionOptions, PoolConfig, redact_url
-from wsclient.connection import (
-    WS_CLOSED,
-    Connection,
-    Message,
-    _Link,
-    abort_ws,
-    new_session,
-    open_link,
-)
+from wsclient.connection import Connection, Message, _Link, open_link
 from wsclient.core import (
     Close,
     CoreBackend,
@@ -72,6 +64,7 @@ from wsclient.errors import (
 from wsclient.events import EventEmitter
 from wsclient.health import HealthChecker, ProbeResult
 from wsclient.state import LocalStateStore
+from wsclient.transports.aiohttp import new_session
 
 logger = logging.getLogger("wsclient.pool")
 
@@ -222,7 +215,6 @@ class WebSocketPool:
         self._terminating = False
         self._drained: dict[str, asyncio.Event] = {}
         self._validating: set[_Link] = set()  # links whose checkout ping is out
-        self._late_aborts: dict[_Link, asyncio.TimerHandle] = {}
         self._to_read: list[_Link] = []
         self._read_scheduled = False
         self._breaker_timers: dict[str, asyncio.TimerHandle] = {}
@@ -450,9 +442,6 @@ class WebSocketPool:
                     task.cancel()
             while self._tasks:
                 await asyncio.wait(set(self._tasks))
-            for link, handle in list(self._late_aborts.items()):
-                handle.cancel()
-                self._late_abort(link)
             await self._events.aclose()
         finally:
             if self._session is not None:
@@ -704,7 +693,12 @@ class WebSocketPool:
             raise PoolMisuseError("this connection is not leased from this pool")
         conn._link = None
         core = self._core
-        if link.state is _OPEN and not link.reading and not link.dirty and not link.ws.closed:
+        if (
+            link.state is _OPEN
+            and not link.reading
+            and not link.dirty
+            and not link.transport.closed
+        ):
             now = time.monotonic()
             if core.give_back(slot, now):
                 # The hot path: parked with nothing else to do; watched from the next
@@ -720,8 +714,8 @@ class WebSocketPool:
                 if core.due < self._sleep_until and self._wakeup is not None:
                     self._wakeup.set()
                 return
-        if link.ws.closed and link.state is _OPEN:
-            link.absorb_close(WS_CLOSED)  # aiohttp closed it (heartbeat) while nobody read
+        if link.state is _OPEN and link.transport.closed:
+            link.note_transport_closed()  # it ended while nobody read
         if link.reading or link.dirty:
             # A receive() still running, or one that timed out with its reply
             # possibly still coming: reusing the socket could hand that reply to
@@ -818,15 +812,7 @@ class WebSocketPool:
         link = slot.link
         link.on_closed = None
         if link.state is ConnectionState.CLOSED:
-            # Ended by itself: make sure aiohttp lets go of the socket. A close
-            # handshake the link started itself (1009 after an oversize message)
-            # gets its close_timeout first.
-            if link.ws.closed:
-                abort_ws(link.ws)
-            else:
-                self._late_aborts[link] = asyncio.get_running_loop().call_later(
-                    link.close_timeout, self._late_abort, link
-                )
+            # Ended by itself: the transport released the socket as it reported the end.
             self._links.discard(link)
             self._core.closed(slot, link.close_code, link.close_reason, time.monotonic())
             return
@@ -834,10 +820,6 @@ class WebSocketPool:
             self._close_link(slot, code, reason), name=f"wsclient-close-{link.id}"
         )
         self._track(task)
-
-    def _late_abort(self, link: _Link) -> None:
-        self._late_aborts.pop(link, None)
-        abort_ws(link.ws)
 
     async def _close_link(self, slot: Slot[_Link], code: int | None, reason: str) -> None:
         link = slot.link
@@ -848,7 +830,7 @@ class WebSocketPool:
             else:
                 await link.close(code, reason)
         finally:
-            abort_ws(link.ws)  # no-op after a clean close; frees the socket after any other
+            link.transport.abort()  # no-op after a clean close; frees the socket after any other
             self._links.discard(link)
             self._core.closed(slot, link.close_code, link.close_reason, time.monotonic())
             self._run()
