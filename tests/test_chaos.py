@@ -1281,17 +1281,30 @@ def _assert_clean(report: ChaosReport) -> None:
     assert report.leaked_tasks == [], report.summary()
 
 
-@pytest.mark.parametrize(("seed", "backends"), [(1, 3), (2, 4), (3, 5)])
-async def test_chaos_random_faults_keep_every_invariant(seed: int, backends: int) -> None:
+@pytest.mark.parametrize(
+    ("seed", "backends", "transport"),
+    [(1, 3, "aiohttp"), (2, 4, "aiohttp"), (3, 5, "aiohttp"), (4, 4, "picows")],
+)
+async def test_chaos_random_faults_keep_every_invariant(
+    seed: int, backends: int, transport: str
+) -> None:
     """A seeded fault storm under traffic breaks no invariant, leaks nothing, delivers right."""
-    report = await run_chaos(ChaosOptions(seed=seed, duration=4.0, backends=backends))
+    report = await run_chaos(
+        ChaosOptions(
+            seed=seed,
+            duration=4.0,
+            backends=backends,
+            pool_overrides={"transport": transport},
+        )
+    )
     _assert_clean(report)
     assert sum(report.faults.values()) > 30, report.summary()
     assert report.acquires_served > 100, report.summary()
     assert report.round_trips > 100, report.summary()
 
 
-async def test_chaos_cancellation_storm_leaks_nothing() -> None:
+@pytest.mark.parametrize("transport", ["aiohttp", "picows"])
+async def test_chaos_cancellation_storm_leaks_nothing(transport: str) -> None:
     """Leases cancelled at random moments (acquire, send, receive) under faults leak nothing."""
     report = await run_chaos(
         ChaosOptions(
@@ -1300,6 +1313,7 @@ async def test_chaos_cancellation_storm_leaks_nothing() -> None:
             backends=3,
             workers=20,
             cancel_probability=0.6,
+            pool_overrides={"transport": transport},
         )
     )
     _assert_clean(report)

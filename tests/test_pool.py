@@ -450,8 +450,8 @@ async def test_receive_blocked_during_terminate_sees_connection_closed(
     link = conn._link
     assert link is not None
     pool.release(conn)
-    # the idle read started; the lessee takes it over
-    await until(lambda: link.transport._watcher is not None)  # type: ignore[attr-defined]
+    # aiohttp: the idle reader task started (the lessee takes it over); picows needs none
+    await until(lambda: getattr(link.transport, "_watcher", link) is not None)
     conn = await pool.acquire()
     reader = asyncio.ensure_future(conn.receive())
     await until(lambda: link.reading)

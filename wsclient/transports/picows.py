@@ -78,6 +78,7 @@ class PicowsTransport(picows.WSListener):
         "_fragments",
         "_heartbeat",
         "_link",
+        "_max",
         "_options",
         "_pongs",
         "_queue",
@@ -93,6 +94,7 @@ class PicowsTransport(picows.WSListener):
     def __init__(self, options: ConnectionOptions) -> None:
         super().__init__()
         self._options = options
+        self._max = options.max_message_size or sys.maxsize
         self.close_timeout = options.close_timeout
         self._wt: Any = None
         self._link: LinkEvents | None = None
@@ -128,6 +130,10 @@ class PicowsTransport(picows.WSListener):
     def on_ws_frame(self, transport: Any, frame: Any) -> None:
         kind = frame.msg_type
         if self._fragments is None and frame.fin:
+            if frame.payload_size > self._max:
+                # picows refused it (max_frame_size) and sent 1009, but still hands it on.
+                self._oversize(frame.payload_size)
+                return
             if kind == _TEXT:
                 try:
                     self._deliver(Message(TEXT, frame.get_payload_as_utf8_text()))
@@ -153,15 +159,12 @@ class PicowsTransport(picows.WSListener):
     def on_ws_disconnected(self, transport: Any) -> None:
         code: int | None = CloseCode.ABNORMAL_CLOSURE
         reason = "connection lost"
-        handshake = transport.close_handshake
-        sent = getattr(handshake, "sent", None)
-        if sent is not None and not self._closing and handshake.recv is None:
-            # picows itself failed the connection (an oversize frame, a protocol error).
-            code, reason = int(sent.code), sent.reason or "closed by the WebSocket library"
-            if code == CloseCode.MESSAGE_TOO_BIG:
-                limit = self._options.max_message_size
-                reason = f"a frame exceeds max_message_size={limit}"
-                self._error = MessageTooBigError(None, limit)
+        if transport.is_close_frame_sent and not self._closing:
+            # picows itself failed the connection (a protocol error): its close frame
+            # says why, and the future it keeps the error in must be read.
+            sent = transport.close_handshake.sent
+            code, reason = int(sent.code), sent.reason or "protocol error"
+            _spawn(transport.wait_disconnected())
         self._end(code, reason)
         fail_waiter(self._drain, ConnectionResetError(reason))
         self._drain = None
@@ -196,6 +199,15 @@ class PicowsTransport(picows.WSListener):
             self._read_paused = True
             self._wt.underlying_transport.pause_reading()
 
+    def _oversize(self, size: int) -> None:
+        limit = self._options.max_message_size
+        self._error = MessageTooBigError(size, limit)
+        self._fail(
+            CloseCode.MESSAGE_TOO_BIG, f"message of {size} bytes exceeds max_message_size={limit}"
+        )
+        if self._wt.is_close_frame_sent:
+            _spawn(self._wt.wait_disconnected())  # picows keeps its parser error there
+
     def _fragment(self, frame: Any) -> None:
         kind = frame.msg_type
         if kind == _CONTINUATION:
@@ -207,14 +219,9 @@ class PicowsTransport(picows.WSListener):
             return
         else:
             self._fragments, self._frag_type, self._frag_size = [], kind, 0
-        limit = self._options.max_message_size
         self._frag_size += frame.payload_size
-        if limit and self._frag_size > limit:
-            self._error = MessageTooBigError(None, limit)
-            self._fail(
-                CloseCode.MESSAGE_TOO_BIG,
-                f"message of more than {limit} bytes exceeds max_message_size={limit}",
-            )
+        if self._frag_size > self._max:
+            self._oversize(self._frag_size)
             return
         self._fragments.append(frame.get_payload_as_bytes())
         if not frame.fin:
@@ -364,7 +371,8 @@ class PicowsTransport(picows.WSListener):
     def _fail(self, code: int, reason: str) -> None:
         """Fail the connection ourselves: a close frame with ``code``, then the socket goes."""
         self._closing = True
-        self._wt.send_close(code, reason.encode()[:123])
+        if not self._wt.is_close_frame_sent:
+            self._wt.send_close(code, reason.encode()[:123])
         self._end(code, reason)
         self._let_go()
 
@@ -413,6 +421,22 @@ class PicowsTransport(picows.WSListener):
         if wt is not None and not wt.is_disconnected:
             reset_on_close(wt.underlying_transport)
             wt.disconnect(graceful=False)
+
+
+_background: set[asyncio.Future[Any]] = set()
+
+
+def _spawn(awaitable: Any) -> None:
+    """Await ``awaitable`` in the background and swallow its outcome (held until done)."""
+    task = asyncio.ensure_future(awaitable)
+    _background.add(task)
+    task.add_done_callback(_settled)
+
+
+def _settled(task: asyncio.Future[Any]) -> None:
+    _background.discard(task)
+    if not task.cancelled():
+        task.exception()
 
 
 def _ssl_context(value: Any, url: str) -> ssl_module.SSLContext | None:
@@ -467,7 +491,9 @@ async def open_picows(
         return ConnectFailure(describe_os_error(exc))
     except picows.WSError as exc:
         return ConnectFailure(f"WebSocket error: {type(exc).__name__}")
-    assert isinstance(transport, PicowsTransport)
+    if not isinstance(transport, PicowsTransport):  # the peer hung up mid-handshake
+        wt.disconnect(graceful=False)
+        return ConnectFailure("connection closed during the handshake")
     answers = wt.response.headers.getall("Sec-WebSocket-Protocol", [])
     problem = unoffered_protocol(answers, options.protocols)
     if problem is not None:
