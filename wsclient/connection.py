@@ -54,6 +54,8 @@ __all__ = ["Connection", "Message", "MessageType", "connect", "open_link"]
 
 logger = logging.getLogger("wsclient.connection")
 
+_OPEN = ConnectionState.OPEN  # bound once: the hot path would look it up per message
+
 _ids = itertools.count(1)
 
 
@@ -351,7 +353,9 @@ class Connection:
         it if the peer is stuck for good.
         """
         # Kept flat (no send -> send_text -> write chain): it is on the hot path.
-        link = self._writable()
+        link = self._link
+        if link is None or link.state is not _OPEN or link.transport.closed:
+            link = self._writable()  # raises the precise error
         if timeout is not None and timeout != timeout:
             raise ValueError("send() timeout must be a number of seconds or None, not NaN")
         limit = link.max_message_size
@@ -418,7 +422,9 @@ class Connection:
 
     async def receive(self, timeout: float | None = None) -> Message:
         """The next data message. A timeout raises ``TimeoutError``; the connection stays usable."""
-        link = self._checked()
+        link = self._link
+        if link is None:
+            link = self._checked()  # raises
         link.reading = True
         try:
             message = await link.transport.receive(timeout)

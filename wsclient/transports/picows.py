@@ -89,6 +89,7 @@ class PicowsTransport(picows.WSListener):
         "_write_paused",
         "_wt",
         "close_timeout",
+        "closed",
     )
 
     def __init__(self, options: ConnectionOptions) -> None:
@@ -109,6 +110,7 @@ class PicowsTransport(picows.WSListener):
         self._frag_size = 0
         self._closing = False  # close() or abort() started: nothing more is sent
         self._ended = False  # the end was reported to the link
+        self.closed = False  # _closing or _ended: an attribute, read on every send
         self._error: MessageTooBigError | None = None
         self._reply: asyncio.Future[None] | None = None  # the peer's close frame, or the end
         self._heartbeat: Heartbeat | None = None
@@ -319,10 +321,6 @@ class PicowsTransport(picows.WSListener):
     # -- what the link asks --------------------------------------------------
 
     @property
-    def closed(self) -> bool:
-        return self._closing or self._ended
-
-    @property
     def protocol(self) -> str | None:
         value = self._wt.response.headers.get("Sec-WebSocket-Protocol")
         return str(value).strip() if value else None
@@ -345,7 +343,7 @@ class PicowsTransport(picows.WSListener):
             self._heartbeat.stop()
         if self._ended:
             return
-        self._ended = True
+        self._ended = self.closed = True
         waiter, self._waiter = self._waiter, None
         if waiter is not None and not waiter.done():
             if self._error is not None:
@@ -361,7 +359,7 @@ class PicowsTransport(picows.WSListener):
             code = CloseCode.NO_STATUS_RECEIVED
         reason = frame.get_close_reason()
         if not self._closing:  # the peer started it: answer, then let the socket go
-            self._closing = True
+            self._closing = self.closed = True
             self._wt.send_close(code if code != CloseCode.NO_STATUS_RECEIVED else 1000)
         self._end(code, reason)
         if self._reply is not None and not self._reply.done():
@@ -370,7 +368,7 @@ class PicowsTransport(picows.WSListener):
 
     def _fail(self, code: int, reason: str) -> None:
         """Fail the connection ourselves: a close frame with ``code``, then the socket goes."""
-        self._closing = True
+        self._closing = self.closed = True
         if not self._wt.is_close_frame_sent:
             self._wt.send_close(code, reason.encode()[:123])
         self._end(code, reason)
@@ -397,7 +395,7 @@ class PicowsTransport(picows.WSListener):
             if not self._wt.is_disconnected and self._ended:
                 self._let_go()
             return
-        self._closing = True
+        self._closing = self.closed = True
         self._reply = asyncio.get_running_loop().create_future()
         completed = False
         try:
@@ -412,7 +410,7 @@ class PicowsTransport(picows.WSListener):
                 self.abort("connection closed")
 
     def abort(self, reason: str = "connection aborted") -> None:
-        self._closing = True
+        self._closing = self.closed = True
         if self._heartbeat is not None:
             self._heartbeat.stop()
         fail_waiter(self._drain, ConnectionResetError(reason))
