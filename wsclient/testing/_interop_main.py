@@ -226,7 +226,8 @@ async def _run_websockets(state: _State, sock: socket.socket, path: str, opts: _
             state.closed()
 
     def select_subprotocol(connection: ServerConnection, offered: Any) -> Any:
-        return opts.select(list(offered), parse_qs(urlsplit(connection.request.path).query))
+        request_path = connection.request.path if connection.request is not None else ""
+        return opts.select(list(offered), parse_qs(urlsplit(request_path).query))
 
     extra: dict[str, Any] = {"select_subprotocol": select_subprotocol}
     if opts.ping_interval is not None:
