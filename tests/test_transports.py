@@ -194,3 +194,20 @@ def test_picows_refuses_compression_at_configuration_time(build: object) -> None
 async def test_connect_refuses_an_unknown_transport_before_opening_anything() -> None:
     with pytest.raises(ValidationError, match="transport"):
         await connect("ws://127.0.0.1:1/ws", transport="websockets")
+
+
+async def test_no_log_record_at_any_level_carries_a_credential(
+    transport: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """picows writes the upgrade request at its level 9: that record must never exist."""
+    caplog.set_level(1)
+    async with BackendServer() as server:
+        conn = await connect(server.url + "?token=q-s3cret", transport=transport, auth="b-s3cret")
+        try:
+            await conn.send("hi")
+            assert (await conn.receive(timeout=5)).data == "hi"
+        finally:
+            await conn.close()
+    assert caplog.records  # something was logged, at some level
+    text = "\n".join(record.getMessage() for record in caplog.records)
+    assert "s3cret" not in text

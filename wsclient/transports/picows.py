@@ -51,6 +51,10 @@ from wsclient.transports.base import (
 )
 
 logger = logging.getLogger("wsclient.transports.picows")
+# picows logs through this one. Below DEBUG (its level 9) it writes the whole upgrade
+# request, bearer token and URL query included: those records are never made.
+_library_logger = logging.getLogger("wsclient.transports.picows.lib")
+_library_logger.setLevel(logging.DEBUG)
 
 _TEXT = picows.WSMsgType.TEXT
 _BINARY = picows.WSMsgType.BINARY
@@ -470,6 +474,7 @@ async def open_picows(
                 extra_headers=extra,
                 max_redirects=0,  # credentials go only where they were configured
                 use_aiofastnet=False,  # a plain asyncio transport: abort(), linger, limits
+                logger_name=_library_logger,
             )
     except TimeoutError:
         return ConnectFailure(f"timed out after {options.connect_timeout} s")
