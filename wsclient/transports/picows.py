@@ -135,6 +135,11 @@ class PicowsTransport(picows.WSListener):
 
     def on_ws_frame(self, transport: Any, frame: Any) -> None:
         kind = frame.msg_type
+        if frame.rsv1 or frame.rsv2 or frame.rsv3:
+            # RFC 6455 §5.2: no extension was negotiated, so a set RSV bit fails the
+            # connection (picows leaves that to its user).
+            self._fail(CloseCode.PROTOCOL_ERROR, "reserved bits set, no extension negotiated")
+            return
         if self._fragments is None and frame.fin:
             if frame.payload_size > self._max:
                 # picows refused it (max_frame_size) and sent 1009, but still hands it on.
