@@ -211,3 +211,48 @@ async def test_no_log_record_at_any_level_carries_a_credential(
     assert caplog.records  # something was logged, at some level
     text = "\n".join(record.getMessage() for record in caplog.records)
     assert "s3cret" not in text
+
+
+def test_both_transports_work_under_uvloop_when_the_application_runs_it() -> None:
+    """wsclient never installs uvloop; an application that runs its loop on it gets
+    echo, a blocked send ended by the heartbeat, and an abort (RST) on both transports."""
+    import uvloop
+
+    async def scenario() -> list[str]:
+        assert "uvloop" in type(asyncio.get_running_loop()).__module__
+        seen: list[str] = []
+        async with BackendServer() as server, NeverReadingPeer() as stuck:
+            for transport in ("aiohttp", "picows"):
+                conn = await connect(server.url, transport=transport)
+                await conn.send("on uvloop")
+                assert (await conn.receive(timeout=5)).data == "on uvloop"
+                await conn.close()
+                conn = await connect(stuck.url, transport=transport, heartbeat=HEARTBEAT)
+                await stuck.wait_for_connections(len(seen) + 1)
+                with pytest.raises(ConnectionClosedError, match="heartbeat"):
+                    async with asyncio.timeout(0.4 + MARGIN):
+                        await conn.send(b"x" * (4 * 1024 * 1024))
+                seen.append(await stuck.wait_disconnect(timeout=1))
+        return seen
+
+    assert uvloop.run(scenario()) == ["reset", "reset"]
+
+
+async def test_a_lessee_that_does_not_read_does_not_make_the_heartbeat_kill_the_link(
+    transport: str,
+) -> None:
+    """Replies pile up unread (reading even pauses): the pongs behind them still count."""
+    async with BackendServer() as server:
+        conn = await connect(
+            server.url, transport=transport, heartbeat={"interval": 0.05, "timeout": 0.1}
+        )
+        try:
+            for _ in range(40):  # 40 x 16 KiB echoed back and never read, past every limit
+                await conn.send(b"x" * 16384)
+            await server.wait_for_messages(40)
+            await asyncio.sleep(0.6)  # several heartbeat periods with nobody reading
+            assert conn.connected, conn.close_reason
+            for _ in range(40):
+                assert len((await conn.receive(timeout=5)).data) == 16384
+        finally:
+            await conn.close()

@@ -157,8 +157,13 @@ class AiohttpTransport:
 
     def _peek_pong(self) -> bool:
         # A lessee that holds the link without reading leaves the pong in
-        # aiohttp's queue; it is there, so the peer is alive.
-        buffer = getattr(getattr(self.ws, "_reader", None), "_buffer", None)
+        # aiohttp's queue: it is there, so the peer is alive. Past aiohttp's
+        # queue limit the socket is not read at all (the pong may be behind the
+        # unread messages): the peer is not to blame for that either.
+        reader = getattr(self.ws, "_reader", None)
+        if getattr(getattr(reader, "_protocol", None), "_reading_paused", False):
+            return True
+        buffer = getattr(reader, "_buffer", None)
         return buffer is not None and any(item[0].type is WSMsgType.PONG for item in tuple(buffer))
 
     def _dead(self, reason: str) -> None:

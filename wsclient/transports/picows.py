@@ -131,7 +131,9 @@ class PicowsTransport(picows.WSListener):
         self._pongs = PongCoalescer(self._write_pong, self._buffered)
         hb = self._options.heartbeat
         if hb.interval is not None:
-            self._heartbeat = Heartbeat(hb.interval, hb.timeout, ping=self.ping, dead=self._dead)
+            self._heartbeat = Heartbeat(
+                hb.interval, hb.timeout, ping=self.ping, dead=self._dead, peek=self._reads_paused
+            )
 
     def on_ws_frame(self, transport: Any, frame: Any) -> None:
         kind = frame.msg_type
@@ -279,6 +281,11 @@ class PicowsTransport(picows.WSListener):
         if message is None and self._error is not None:
             raise self._error
         return message
+
+    def _reads_paused(self) -> bool:
+        # A lessee that stopped reading made us stop reading the socket: the pong
+        # may be right behind the unread messages, and the peer is not to blame.
+        return self._read_paused
 
     def _pop(self) -> Message:
         message = self._queue.popleft()
