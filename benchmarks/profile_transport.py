@@ -5,9 +5,10 @@
 
 One echo process (``_servers.EchoServers``, aiohttp) serves; this process runs
 ``--conns`` workers doing acquire -> send 100 B -> receive -> release through a
-``WebSocketPool`` (``pool-aiohttp``, ``pool-picows``), and the same loop over the
-raw libraries with one connection per worker (``raw-aiohttp``, ``raw-picows``),
-alternating rounds. The figure is this process's CPU time (user + system) per
+``WebSocketPool`` (``pool-aiohttp``, ``pool-picows``), send -> receive on unpooled
+``Connection`` objects (``conn-*``: the transport layer without the pool), and the
+same loop over the raw libraries with one connection per worker (``raw-aiohttp``,
+``raw-picows``), alternating rounds. The figure is this process's CPU time (user + system) per
 round trip, median over rounds; the ratio is pool / raw of the same library.
 
 ``--profile`` runs one extra pool round of ``--transport`` under yappi (wall
@@ -37,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from _servers import EchoServers
 
-from wsclient import WebSocketPool
+from wsclient import WebSocketPool, connect
 
 PAYLOAD = "x" * 100
 
@@ -74,6 +75,25 @@ async def pool_round(url: str, transport: str, conns: int, trips: int) -> float:
 
         await _workers(conns, conns * 50, one)  # warm-up
         return await _workers(conns, trips, one)
+
+
+async def connection_round(url: str, transport: str, conns: int, trips: int) -> float:
+    """Unpooled ``Connection`` objects: the transport and handle without the pool."""
+    connections = [
+        await connect(url, transport=transport, heartbeat={"interval": None}) for _ in range(conns)
+    ]
+
+    async def one(i: int) -> None:
+        conn = connections[i]
+        await conn.send(PAYLOAD)
+        await conn.receive()
+
+    try:
+        await _workers(conns, conns * 50, one)
+        return await _workers(conns, trips, one)
+    finally:
+        for conn in connections:
+            await conn.close()
 
 
 async def raw_aiohttp_round(url: str, conns: int, trips: int) -> float:
@@ -144,8 +164,10 @@ async def main(args: argparse.Namespace) -> None:
         url = servers.urls[0]
         kinds: dict[str, Callable[[], Awaitable[float]]] = {
             "raw-aiohttp": lambda: raw_aiohttp_round(url, args.conns, args.trips),
+            "conn-aiohttp": lambda: connection_round(url, "aiohttp", args.conns, args.trips),
             "pool-aiohttp": lambda: pool_round(url, "aiohttp", args.conns, args.trips),
             "raw-picows": lambda: raw_picows_round(url, args.conns, args.trips),
+            "conn-picows": lambda: connection_round(url, "picows", args.conns, args.trips),
             "pool-picows": lambda: pool_round(url, "picows", args.conns, args.trips),
         }
         results: dict[str, list[float]] = {k: [] for k in kinds}
@@ -159,7 +181,7 @@ async def main(args: argparse.Namespace) -> None:
         )
         for name, value in med.items():
             lib = name.split("-")[1]
-            ratio = f"  {value / med['raw-' + lib]:.2f}x raw" if name.startswith("pool") else ""
+            ratio = "" if name.startswith("raw") else f"  {value / med['raw-' + lib]:.2f}x raw"
             spread = ", ".join(f"{v:.1f}" for v in results[name])
             print(f"  {name:13} {value:6.1f} us  ({spread}){ratio}")
         if args.profile == "yappi":

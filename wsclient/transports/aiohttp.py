@@ -53,6 +53,9 @@ from wsclient.transports.base import (
 logger = logging.getLogger("wsclient.transports.aiohttp")
 
 _DATA_TYPES = (WSMsgType.TEXT, WSMsgType.BINARY)
+_TEXT_MSG, _BINARY_MSG = WSMsgType.TEXT, WSMsgType.BINARY
+# Builds a Message without the NamedTuple's Python-level __new__ (once per message).
+_message = tuple.__new__
 _CLOSED = aiohttp.WSMessage(WSMsgType.CLOSED, None, None)
 
 
@@ -175,11 +178,39 @@ class AiohttpTransport:
 
     async def receive(self, timeout: float | None) -> Message | None:
         ws = self.ws
+        if (
+            timeout is None
+            and self._carried is None
+            and self._watcher is None
+            and not self._ending
+            and not self.inflating
+        ):
+            # The hot path: one await of aiohttp's own receive(), one tuple.
+            try:
+                msg = await ws.receive()
+            except asyncio.CancelledError:
+                _undo_abnormal_mark(ws)
+                raise
+            kind = msg.type
+            if kind is _TEXT_MSG:
+                return _message(Message, (TEXT, msg.data))
+            if kind is _BINARY_MSG:
+                return _message(Message, (BINARY, msg.data))
+            return await self._receive(None, msg)
+        return await self._receive(timeout, None)
+
+    async def _receive(
+        self, timeout: float | None, msg: aiohttp.WSMessage | None
+    ) -> Message | None:
+        """Everything but the hot path: a timeout, a message to take over, control
+        frames, the size check after inflating, the end of the connection."""
+        ws = self.ws
         deadline = None if timeout is None else asyncio.get_running_loop().time() + timeout
         while True:
-            msg = self._carried
             if msg is not None:
-                self._carried = None
+                pass  # read by the hot path already
+            elif self._carried is not None:
+                msg, self._carried = self._carried, None
             elif self._watcher is not None:
                 msg = await self._take_over(deadline, timeout)
             elif self._ending or ws.closed:
@@ -202,19 +233,16 @@ class AiohttpTransport:
                     _undo_abnormal_mark(ws)
                     raise
             kind = msg.type
-            if kind is WSMsgType.TEXT:
+            if kind is _TEXT_MSG or kind is _BINARY_MSG:
                 if self.inflating and too_big(msg.data, self._limit):
                     raise await self._refuse_oversize(msg.data)
-                return Message(TEXT, msg.data)
-            if kind is WSMsgType.BINARY:
-                if self.inflating and too_big(msg.data, self._limit):
-                    raise await self._refuse_oversize(msg.data)
-                return Message(BINARY, msg.data)
+                return _message(Message, (TEXT if kind is _TEXT_MSG else BINARY, msg.data))
             if not self._control(msg):
                 error = self._end_from(msg)
                 if error is not None:
                     raise error
                 return None
+            msg = None
 
     def _control(self, msg: aiohttp.WSMessage) -> bool:
         """Handle a ping or pong; False for anything that ends the connection."""

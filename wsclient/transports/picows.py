@@ -63,6 +63,9 @@ _PING = picows.WSMsgType.PING
 _PONG = picows.WSMsgType.PONG
 _CLOSE = picows.WSMsgType.CLOSE
 
+# Builds a Message without the NamedTuple's Python-level __new__ (once per message).
+_message = tuple.__new__
+
 #: Bytes of unread messages queued for a lessee before the socket stops being read.
 READ_QUEUE_HIGH = 256 * 1024
 
@@ -149,12 +152,21 @@ class PicowsTransport(picows.WSListener):
                 return
             if kind == _TEXT:
                 try:
-                    self._deliver(Message(TEXT, frame.get_payload_as_utf8_text()))
+                    message = _message(Message, (TEXT, frame.get_payload_as_utf8_text()))
                 except UnicodeDecodeError:
                     self._fail(CloseCode.INVALID_PAYLOAD, "invalid UTF-8 in a text message")
-                return
-            if kind == _BINARY:
-                self._deliver(Message(BINARY, frame.get_payload_as_bytes()))
+                    return
+            elif kind == _BINARY:
+                message = _message(Message, (BINARY, frame.get_payload_as_bytes()))
+            else:
+                message = None
+            if message is not None:
+                waiter = self._waiter
+                if waiter is not None and not waiter.done():  # the hot path: a receive() waits
+                    self._waiter = None
+                    waiter.set_result(message)
+                else:
+                    self._deliver(message)
                 return
         if kind == _PING:
             assert self._pongs is not None
