@@ -16,8 +16,9 @@ Why one file of about a thousand lines: ``WebSocketPool`` is the public API of
 SPEC §1 and each of its methods is a thin translation into core calls plus the
 I/O of that call; what is left of logic is how each effect is carried out. The
 decisions moved to ``core.py``, the probes to ``health.py``, the shared state
-to ``state.py``; the transport issue moves link I/O under a ``Transport``
-protocol, which takes the opening, closing and idle-reading code out of here.
+to ``state.py``, and the link I/O (opening, closing, idle watching,
+releasing the socket of a link that ended by itself) to the transports under
+``Connection`` (``wsclient/transports/``).
 """
 
 from __future__ import annotations
