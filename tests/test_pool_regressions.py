@@ -14,6 +14,13 @@ from wsclient import Backend, PoolMisuseError, WebSocketPool
 from wsclient.testing import BackendServer, FaultProxy
 
 
+@pytest.fixture
+def transport() -> str:
+    """Pool bookkeeping regressions: one transport is enough (the connection, pool,
+    failover and chaos tests cover both)."""
+    return "aiohttp"
+
+
 async def test_acquire_works_with_create_task(
     servers: list[BackendServer], make_pool: PoolFactory
 ) -> None:
