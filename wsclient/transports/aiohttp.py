@@ -25,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import ssl
 import struct
 from typing import Any
 
@@ -43,6 +42,8 @@ from wsclient.transports.base import (
     LinkEvents,
     Message,
     PongCoalescer,
+    describe_os_error,
+    describe_redirect,
     fail_waiter,
     oversize_reason,
     reset_on_close,
@@ -589,25 +590,6 @@ class UnofferedProtocolError(aiohttp.ClientError):
     """The server selected a subprotocol the client did not offer."""
 
 
-def describe_os_error(err: BaseException) -> str:
-    """'Connection refused' rather than asyncio's 'Connect call failed (addr)'.
-
-    TLS failures are named as such: an ``ssl.SSLError`` carries errno 1, which
-    ``os.strerror`` would render as "Operation not permitted".
-    """
-    if isinstance(err, ssl.SSLCertVerificationError):
-        detail = err.verify_message or err.reason or str(err)
-        return f"TLS certificate verification failed: {detail}"
-    if isinstance(err, ssl.SSLError):
-        return f"TLS error: {err.reason or err}"
-    if isinstance(err, OSError):
-        if err.errno:
-            return os.strerror(err.errno)
-        if err.strerror:
-            return err.strerror
-    return redact_text(str(err)) or type(err).__name__
-
-
 def describe_connect_error(exc: BaseException) -> str:
     """Why a connect or handshake failed, in words, with no credential in them."""
     if isinstance(exc, HandshakeRedirectError | UnofferedProtocolError):
@@ -625,11 +607,6 @@ def describe_connect_error(exc: BaseException) -> str:
     # Other aiohttp errors quote the URL (redact_text masks it); their repr
     # would add request_info with the headers, so only str() is used.
     return redact_text(f"{type(exc).__name__}: {exc}")
-
-
-def describe_redirect(status: int, location: str | None) -> str:
-    where = repr(redact_url(location)) if location is not None else "no Location"
-    return f"handshake redirected with HTTP {status} to {where} (redirects are not followed)"
 
 
 class HandshakeRedirectError(aiohttp.ClientError):

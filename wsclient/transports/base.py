@@ -24,12 +24,14 @@ import asyncio
 import contextlib
 import enum
 import json
+import os
 import socket
+import ssl
 import struct
 from collections.abc import Awaitable, Callable
 from typing import Any, NamedTuple, Protocol
 
-from wsclient.config import ApiKeyAuth, AuthSpec, BearerAuth
+from wsclient.config import ApiKeyAuth, AuthSpec, BearerAuth, redact_text, redact_url
 
 
 class MessageType(enum.Enum):
@@ -291,3 +293,27 @@ def too_big(data: str | bytes, limit: int) -> bool:
 def oversize_reason(data: str | bytes, limit: int) -> tuple[int, str]:
     size = len(data) if isinstance(data, bytes) else len(data.encode())
     return size, f"message of {size} bytes exceeds max_message_size={limit}"
+
+
+def describe_os_error(err: BaseException) -> str:
+    """'Connection refused' rather than asyncio's 'Connect call failed (addr)'.
+
+    TLS failures are named as such: an ``ssl.SSLError`` carries errno 1, which
+    ``os.strerror`` would render as "Operation not permitted".
+    """
+    if isinstance(err, ssl.SSLCertVerificationError):
+        detail = err.verify_message or err.reason or str(err)
+        return f"TLS certificate verification failed: {detail}"
+    if isinstance(err, ssl.SSLError):
+        return f"TLS error: {err.reason or err}"
+    if isinstance(err, OSError):
+        if err.errno:
+            return os.strerror(err.errno)
+        if err.strerror:
+            return err.strerror
+    return redact_text(str(err)) or type(err).__name__
+
+
+def describe_redirect(status: int, location: str | None) -> str:
+    where = repr(redact_url(location)) if location is not None else "no Location"
+    return f"handshake redirected with HTTP {status} to {where} (redirects are not followed)"

@@ -35,7 +35,6 @@ import picows
 from wsclient.codes import CloseCode
 from wsclient.config import ConnectionOptions
 from wsclient.errors import MessageTooBigError
-from wsclient.transports.aiohttp import describe_os_error, describe_redirect
 from wsclient.transports.base import (
     BINARY,
     TEXT,
@@ -45,6 +44,8 @@ from wsclient.transports.base import (
     LinkEvents,
     Message,
     PongCoalescer,
+    describe_os_error,
+    describe_redirect,
     fail_waiter,
     reset_on_close,
     unoffered_protocol,
