@@ -55,6 +55,12 @@ async def _workers(n: int, trips: int, one: Callable[[int], Awaitable[None]]) ->
     return (time.process_time() - started) / (per * n) * 1e6
 
 
+async def _measured(n: int, trips: int, one: Callable[[int], Awaitable[None]]) -> float:
+    """A warm-up of 50 trips per worker, then the measured ``trips``."""
+    await _workers(n, n * 50, one)
+    return await _workers(n, trips, one)
+
+
 async def pool_round(url: str, transport: str, conns: int, trips: int) -> float:
     pool = WebSocketPool(
         backends=[url],
@@ -73,8 +79,7 @@ async def pool_round(url: str, transport: str, conns: int, trips: int) -> float:
             finally:
                 pool.release(conn)
 
-        await _workers(conns, conns * 50, one)  # warm-up
-        return await _workers(conns, trips, one)
+        return await _measured(conns, trips, one)
 
 
 async def connection_round(url: str, transport: str, conns: int, trips: int) -> float:
@@ -89,8 +94,7 @@ async def connection_round(url: str, transport: str, conns: int, trips: int) -> 
         await conn.receive()
 
     try:
-        await _workers(conns, conns * 50, one)
-        return await _workers(conns, trips, one)
+        return await _measured(conns, trips, one)
     finally:
         for conn in connections:
             await conn.close()
@@ -106,8 +110,7 @@ async def raw_aiohttp_round(url: str, conns: int, trips: int) -> float:
             await ws.receive()
 
         try:
-            await _workers(conns, conns * 50, one)
-            return await _workers(conns, trips, one)
+            return await _measured(conns, trips, one)
         finally:
             for ws in sockets:
                 await ws.close()
@@ -139,8 +142,7 @@ async def raw_picows_round(url: str, conns: int, trips: int) -> float:
         await listener.waiter
 
     try:
-        await _workers(conns, conns * 50, one)
-        return await _workers(conns, trips, one)
+        return await _measured(conns, trips, one)
     finally:
         for transport, _ in pairs:
             transport.send_close(picows.WSCloseCode.OK)
