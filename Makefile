@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	@# the distribution was called "wsclient" until it became wsclient-pool: drop that install
 	$(PY) -m pip uninstall -q -y wsclient 2>/dev/null || true
-	$(PY) -m pip install -q -e '.[dev,redis,dns,bench]'
+	$(PY) -m pip install -q -e '.[dev,redis,dns,fast,bench]'
 	touch $(STAMP)
 
 install: $(STAMP)

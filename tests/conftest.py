@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from wsclient import Backend, Connection, WebSocketPool
+from wsclient.config import TransportName
 from wsclient.testing import BackendServer
 
 # Timings short enough for tests, long enough for a loaded 2-core machine.
@@ -30,12 +31,25 @@ async def servers() -> AsyncIterator[list[BackendServer]]:
     await asyncio.gather(*(s.stop() for s in started))
 
 
+#: Every transport the connection and pool behaviour is checked on (picows comes with
+#: the ``fast`` extra, which ``make install`` installs: these tests never skip).
+TRANSPORTS: tuple[TransportName, ...] = ("aiohttp", "picows")
+
+
+@pytest.fixture(params=TRANSPORTS)
+def transport(request: pytest.FixtureRequest) -> TransportName:
+    """The transport under test: each requesting test runs once per transport."""
+    name: TransportName = request.param
+    return name
+
+
 PoolFactory = Callable[..., Awaitable[WebSocketPool]]
 
 
 @pytest.fixture
-async def make_pool() -> AsyncIterator[PoolFactory]:
-    """Start pools with FAST defaults; every pool is closed (and checked) at teardown."""
+async def make_pool(transport: TransportName) -> AsyncIterator[PoolFactory]:
+    """Start pools with FAST defaults on each transport (a test using it runs once per
+    transport); every pool is closed (and checked) at teardown."""
     pools: list[WebSocketPool] = []
 
     async def factory(
@@ -46,7 +60,7 @@ async def make_pool() -> AsyncIterator[PoolFactory]:
             Backend(id=f"b{i}", url=s.url, weight=w)
             for i, (s, w) in enumerate(zip(servers, weights, strict=True))
         ]
-        pool = WebSocketPool(**{**FAST, "backends": backends, **options})
+        pool = WebSocketPool(**{**FAST, "transport": transport, "backends": backends, **options})
         await pool.start()
         pools.append(pool)
         return pool

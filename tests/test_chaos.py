@@ -65,6 +65,7 @@ from wsclient import (
     WSClientError,
 )
 from wsclient import connection as ws_connection
+from wsclient.config import TransportName
 from wsclient.connection import Connection
 from wsclient.testing import MALFORMED_KINDS, BackendServer, FaultProxy
 
@@ -937,7 +938,7 @@ class ChaosRun:
                     self.violation(
                         "dead-idle-connection",
                         f"{link.id} on {link.backend_id} is {link.state.name} "
-                        f"(ws.closed={link.ws.closed}, close {link.close_code}) and has sat "
+                        f"(closed={link.transport.closed}, close {link.close_code}) and has sat "
                         f"in the idle set for {now - since:.2f} s",
                     )
         for link_id in list(self._dead_idle_since):
@@ -964,7 +965,7 @@ class ChaosRun:
         assert pool is not None
         socks: set[Addr] = set()
         for link in pool._links:
-            addr = _addr(link.ws.get_extra_info("sockname"))
+            addr = _addr(link.transport.get_extra_info("sockname"))
             if addr is not None:
                 socks.add(addr)
         return socks
@@ -1281,17 +1282,30 @@ def _assert_clean(report: ChaosReport) -> None:
     assert report.leaked_tasks == [], report.summary()
 
 
-@pytest.mark.parametrize(("seed", "backends"), [(1, 3), (2, 4), (3, 5)])
-async def test_chaos_random_faults_keep_every_invariant(seed: int, backends: int) -> None:
+@pytest.mark.parametrize(
+    ("seed", "backends", "transport"),
+    [(1, 3, "aiohttp"), (2, 4, "aiohttp"), (3, 5, "aiohttp"), (4, 4, "picows")],
+)
+async def test_chaos_random_faults_keep_every_invariant(
+    seed: int, backends: int, transport: TransportName
+) -> None:
     """A seeded fault storm under traffic breaks no invariant, leaks nothing, delivers right."""
-    report = await run_chaos(ChaosOptions(seed=seed, duration=4.0, backends=backends))
+    report = await run_chaos(
+        ChaosOptions(
+            seed=seed,
+            duration=4.0,
+            backends=backends,
+            pool_overrides={"transport": transport},
+        )
+    )
     _assert_clean(report)
     assert sum(report.faults.values()) > 30, report.summary()
     assert report.acquires_served > 100, report.summary()
     assert report.round_trips > 100, report.summary()
 
 
-async def test_chaos_cancellation_storm_leaks_nothing() -> None:
+@pytest.mark.parametrize("transport", ["aiohttp", "picows"])
+async def test_chaos_cancellation_storm_leaks_nothing(transport: TransportName) -> None:
     """Leases cancelled at random moments (acquire, send, receive) under faults leak nothing."""
     report = await run_chaos(
         ChaosOptions(
@@ -1300,6 +1314,7 @@ async def test_chaos_cancellation_storm_leaks_nothing() -> None:
             backends=3,
             workers=20,
             cancel_probability=0.6,
+            pool_overrides={"transport": transport},
         )
     )
     _assert_clean(report)

@@ -19,6 +19,7 @@ from wsclient import (
     connect,
     describe_close_code,
 )
+from wsclient.config import TransportName
 from wsclient.testing import BackendServer
 
 
@@ -29,8 +30,9 @@ async def server() -> AsyncIterator[BackendServer]:
 
 
 @pytest.fixture
-async def conn(server: BackendServer) -> AsyncIterator[Connection]:
-    connection = await connect(server.url)
+async def conn(server: BackendServer, transport: TransportName) -> AsyncIterator[Connection]:
+    """An open connection on each transport."""
+    connection = await connect(server.url, transport=transport)
     yield connection
     await connection.close()
 
@@ -112,9 +114,11 @@ async def test_receive_timeout_leaves_connection_usable(
     assert (await conn.receive(timeout=5)).data == "late"
 
 
-async def test_async_iteration_ends_on_normal_close(server: BackendServer) -> None:
+async def test_async_iteration_ends_on_normal_close(
+    transport: TransportName, server: BackendServer
+) -> None:
     """`async for` yields messages and stops when the server closes normally."""
-    connection = await connect(server.url)
+    connection = await connect(server.url, transport=transport)
     await connection.send("a")
     await connection.send("b")
     await server.wait_for_messages(2)
@@ -151,9 +155,9 @@ async def test_close_refuses_codes_a_client_may_not_send(conn: Connection, code:
     assert conn.connected
 
 
-async def test_close_with_application_code(server: BackendServer) -> None:
+async def test_close_with_application_code(transport: TransportName, server: BackendServer) -> None:
     """close(4000, reason) completes the handshake and records the code."""
-    connection = await connect(server.url)
+    connection = await connect(server.url, transport=transport)
     await server.wait_for_connections(1)
     await connection.close(4000, "app done")
     assert connection.state is ConnectionState.CLOSED
@@ -161,9 +165,11 @@ async def test_close_with_application_code(server: BackendServer) -> None:
     await server.wait_for_connections(0)
 
 
-async def test_drop_closes_without_handshake(server: BackendServer) -> None:
+async def test_drop_closes_without_handshake(
+    transport: TransportName, server: BackendServer
+) -> None:
     """drop() closes the socket at once; the server sees the connection go."""
-    connection = await connect(server.url)
+    connection = await connect(server.url, transport=transport)
     await server.wait_for_connections(1)
     connection.drop()
     assert connection.state is ConnectionState.CLOSED
@@ -172,9 +178,11 @@ async def test_drop_closes_without_handshake(server: BackendServer) -> None:
     await connection.close()  # idempotent after drop
 
 
-async def test_oversize_send_raises_without_closing(server: BackendServer) -> None:
+async def test_oversize_send_raises_without_closing(
+    transport: TransportName, server: BackendServer
+) -> None:
     """Sending more than max_message_size raises MessageTooBigError; nothing is sent."""
-    connection = await connect(server.url, max_message_size=100)
+    connection = await connect(server.url, transport=transport, max_message_size=100)
     with pytest.raises(MessageTooBigError, match="max_message_size=100"):
         await connection.send(b"x" * 101)
     with pytest.raises(MessageTooBigError):
@@ -185,9 +193,11 @@ async def test_oversize_send_raises_without_closing(server: BackendServer) -> No
     await connection.close()
 
 
-async def test_oversize_receive_closes_with_1009(server: BackendServer) -> None:
+async def test_oversize_receive_closes_with_1009(
+    transport: TransportName, server: BackendServer
+) -> None:
     """A message over the limit raises MessageTooBigError and closes with 1009."""
-    connection = await connect(server.url, max_message_size=64)
+    connection = await connect(server.url, transport=transport, max_message_size=64)
     await server.wait_for_connections(1)
     await server.push(b"z" * 1000)
     with pytest.raises(MessageTooBigError):
@@ -197,10 +207,14 @@ async def test_oversize_receive_closes_with_1009(server: BackendServer) -> None:
     await connection.close()
 
 
-async def test_missed_pong_closes_with_1006_heartbeat_reason(server: BackendServer) -> None:
+async def test_missed_pong_closes_with_1006_heartbeat_reason(
+    transport: TransportName, server: BackendServer
+) -> None:
     """A peer that stops answering pings is closed with 1006 and a heartbeat reason."""
     server.stall_after_handshake()
-    connection = await connect(server.url, heartbeat={"interval": 0.1, "timeout": 0.1})
+    connection = await connect(
+        server.url, transport=transport, heartbeat={"interval": 0.1, "timeout": 0.1}
+    )
     with pytest.raises(ConnectionClosedError) as info:
         await connection.receive(timeout=5)
     assert info.value.code == CloseCode.ABNORMAL_CLOSURE
@@ -208,36 +222,44 @@ async def test_missed_pong_closes_with_1006_heartbeat_reason(server: BackendServ
     await connection.close()
 
 
-async def test_connect_refused_is_connect_error(server: BackendServer) -> None:
+async def test_connect_refused_is_connect_error(
+    transport: TransportName, server: BackendServer
+) -> None:
     """A refused connection raises ConnectError, which is an OSError."""
     await server.refuse()
     with pytest.raises(ConnectError) as info:
-        await connect(server.url, connect_timeout=2)
+        await connect(server.url, transport=transport, connect_timeout=2)
     assert isinstance(info.value, OSError)
     assert server.url in str(info.value)
 
 
-async def test_connect_timeout_on_stalled_handshake(server: BackendServer) -> None:
+async def test_connect_timeout_on_stalled_handshake(
+    transport: TransportName, server: BackendServer
+) -> None:
     """A server that never answers the upgrade times out as ConnectError."""
     server.stall_handshake()
     loop = asyncio.get_running_loop()
     started = loop.time()
     with pytest.raises(ConnectError, match="timed out"):
-        await connect(server.url, connect_timeout=0.2)
+        await connect(server.url, transport=transport, connect_timeout=0.2)
     assert loop.time() - started < 2
 
 
-async def test_bad_url_is_value_error() -> None:
+async def test_bad_url_is_value_error(transport: TransportName) -> None:
     """connect() with an http:// URL raises ValueError naming the scheme."""
     with pytest.raises(ValueError, match="scheme"):
-        await connect("http://127.0.0.1:1/ws")
+        await connect("http://127.0.0.1:1/ws", transport=transport)
 
 
-async def test_headers_auth_and_subprotocols_reach_the_server() -> None:
+async def test_headers_auth_and_subprotocols_reach_the_server(transport: TransportName) -> None:
     """Headers, bearer auth and subprotocols are sent in the handshake."""
     async with HeaderRecorder() as recorder:
         connection = await connect(
-            recorder.url, headers={"X-Trace": "t1"}, auth="tok-1", protocols=("chat.v2",)
+            recorder.url,
+            transport=transport,
+            headers={"X-Trace": "t1"},
+            auth="tok-1",
+            protocols=("chat.v2",),
         )
         assert connection.protocol == "chat.v2"
         assert connection.remote_address is not None
@@ -247,7 +269,7 @@ async def test_headers_auth_and_subprotocols_reach_the_server() -> None:
     assert seen["Authorization"] == "Bearer tok-1"
 
 
-async def test_async_auth_provider_is_called_on_every_connect() -> None:
+async def test_async_auth_provider_is_called_on_every_connect(transport: TransportName) -> None:
     """An async auth callable is called again for each new connection."""
     calls = 0
 
@@ -258,7 +280,7 @@ async def test_async_auth_provider_is_called_on_every_connect() -> None:
 
     async with HeaderRecorder() as recorder:
         for _ in range(2):
-            connection = await connect(recorder.url, auth=provider)
+            connection = await connect(recorder.url, transport=transport, auth=provider)
             await connection.close()
     assert [h["Authorization"] for h in recorder.headers] == ["Bearer t1", "Bearer t2"]
 
@@ -290,11 +312,11 @@ async def test_send_wrong_type_is_type_error(conn: Connection) -> None:
 async def test_compression_is_negotiated_and_round_trips(server: BackendServer) -> None:
     """compression=True negotiates permessage-deflate; messages still round-trip."""
     connection = await connect(server.url, compression=True)
-    assert connection._checked().ws.compress > 0
+    assert connection._checked().transport.compressed
     payload = "compress me " * 200
     await connection.send(payload)
     assert (await connection.receive(timeout=5)).data == payload
     await connection.close()
     plain = await connect(server.url)
-    assert plain._checked().ws.compress == 0
+    assert not plain._checked().transport.compressed
     await plain.close()

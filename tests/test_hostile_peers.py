@@ -33,7 +33,7 @@ from wsclient import (
     WebSocketPool,
     connect,
 )
-from wsclient.connection import new_session
+from wsclient.config import TransportName
 from wsclient.health import HealthChecker, ProbeResult
 from wsclient.testing import BackendServer
 from wsclient.testing.peers import (
@@ -45,6 +45,7 @@ from wsclient.testing.peers import (
     RedirectingPeer,
     SendingPeer,
 )
+from wsclient.transports.aiohttp import new_session
 
 from .conftest import FAST
 
@@ -90,7 +91,7 @@ def _assert_no_secret(texts: list[str]) -> None:
 
 @pytest.mark.parametrize("status", [401, 500])
 async def test_rejected_handshake_error_and_logs_carry_no_secret(
-    status: int, caplog: pytest.LogCaptureFixture
+    transport: TransportName, status: int, caplog: pytest.LogCaptureFixture
 ) -> None:
     """The token and the URL's query value reach the peer, but no error text or log line.
 
@@ -100,7 +101,7 @@ async def test_rejected_handshake_error_and_logs_carry_no_secret(
     async with HandshakePeer(status) as peer:
         url = f"{peer.url}?token={QUERY_SECRET}"
         with caplog.at_level(logging.DEBUG, logger="wsclient"), pytest.raises(ConnectError) as info:
-            await connect(url, auth=BearerAuth(token=TOKEN), connect_timeout=5)
+            await connect(url, transport=transport, auth=BearerAuth(token=TOKEN), connect_timeout=5)
         # The secrets really were in play: the peer received both.
         assert peer.requests[0].header("Authorization") == f"Bearer {TOKEN}"
         assert QUERY_SECRET in peer.requests[0].target
@@ -114,13 +115,14 @@ async def test_rejected_handshake_error_and_logs_carry_no_secret(
 
 
 async def test_open_connection_with_a_url_token_shows_it_nowhere(
+    transport: TransportName,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """repr/str of the connection and the DEBUG log of connect() hide the query value."""
     async with BackendServer() as server:
         url = f"{server.url}?token={QUERY_SECRET}"
         with caplog.at_level(logging.DEBUG, logger="wsclient"):
-            conn = await connect(url, auth=BearerAuth(token=TOKEN))
+            conn = await connect(url, transport=transport, auth=BearerAuth(token=TOKEN))
             texts = [repr(conn), str(conn)]
             await conn.send("hi")
             assert (await conn.receive(timeout=5)).data == "hi"
@@ -172,7 +174,7 @@ async def test_backend_repr_and_config_repr_hide_url_tokens() -> None:
 
 
 @pytest.mark.parametrize("status", [301, 302, 303, 307, 308])
-async def test_handshake_redirect_is_not_followed(status: int) -> None:
+async def test_handshake_redirect_is_not_followed(transport: TransportName, status: int) -> None:
     """A 30x on the upgrade is a ConnectError naming status and Location; the target
     never sees a request, so the API key, custom headers and token stay home."""
     async with HandshakePeer() as target:
@@ -181,6 +183,7 @@ async def test_handshake_redirect_is_not_followed(status: int) -> None:
             with pytest.raises(ConnectError) as info:
                 await connect(
                     redirector.url,
+                    transport=transport,
                     auth=ApiKeyAuth(key=SecretStr(TOKEN)),
                     headers={"X-Custom": "custom-value"},
                     connect_timeout=5,
@@ -195,7 +198,9 @@ async def test_handshake_redirect_is_not_followed(status: int) -> None:
     _assert_no_secret(_exception_texts(err))
 
 
-async def test_wss_redirect_to_plain_http_is_refused(ca: trustme.CA) -> None:
+async def test_wss_redirect_to_plain_http_is_refused(
+    transport: TransportName, ca: trustme.CA
+) -> None:
     """A wss:// backend redirecting to http:// (a TLS downgrade) is refused too."""
 
     async def redirect(request: web.Request) -> web.StreamResponse:
@@ -217,6 +222,7 @@ async def test_wss_redirect_to_plain_http_is_refused(ca: trustme.CA) -> None:
             with pytest.raises(ConnectError, match=r"redirected with HTTP 307 to 'http://"):
                 await connect(
                     f"wss://localhost:{port}/ws",
+                    transport=transport,
                     ssl=client_ctx,
                     auth=BearerAuth(token=TOKEN),
                     headers={"X-Custom": "custom-value"},
@@ -227,10 +233,10 @@ async def test_wss_redirect_to_plain_http_is_refused(ca: trustme.CA) -> None:
         await runner.cleanup()
 
 
-async def test_redirect_with_userinfo_in_location_is_masked() -> None:
+async def test_redirect_with_userinfo_in_location_is_masked(transport: TransportName) -> None:
     async with RedirectingPeer(f"ws://admin:{QUERY_SECRET}@127.0.0.1:9/ws") as redirector:
         with pytest.raises(ConnectError) as info:
-            await connect(redirector.url, connect_timeout=5)
+            await connect(redirector.url, transport=transport, connect_timeout=5)
     assert "'ws://***@127.0.0.1:9/ws'" in str(info.value)
     _assert_no_secret(_exception_texts(info.value))
 
@@ -261,28 +267,32 @@ async def test_pooled_handshake_redirect_fails_the_connect_and_reaches_nobody() 
     ],
 )
 async def test_unoffered_subprotocol_fails_the_connection(
-    offered: tuple[str, ...], needle: str
+    transport: TransportName, offered: tuple[str, ...], needle: str
 ) -> None:
     """RFC 6455 §4.1: the client fails the connection; the TCP connection is torn down."""
     async with HandshakePeer(101, {"Sec-WebSocket-Protocol": "evil"}) as peer:
         with pytest.raises(ConnectError, match=needle) as info:
-            await connect(peer.url, protocols=offered, connect_timeout=5)
+            await connect(peer.url, transport=transport, protocols=offered, connect_timeout=5)
         assert len(peer.requests) == 1
         await peer.wait_for_open_connections(0, timeout=2)
     assert info.value.__cause__ is None and info.value.__context__ is None
 
 
-async def test_offered_subprotocols_are_not_quoted_in_the_error() -> None:
+async def test_offered_subprotocols_are_not_quoted_in_the_error(transport: TransportName) -> None:
     """Offered subprotocols may be credentials: the error counts them, it does not list them."""
     async with HandshakePeer(101, {"Sec-WebSocket-Protocol": "evil"}) as peer:
         with pytest.raises(ConnectError) as info:
-            await connect(peer.url, protocols=(f"token.{TOKEN}",), connect_timeout=5)
+            await connect(
+                peer.url, transport=transport, protocols=(f"token.{TOKEN}",), connect_timeout=5
+            )
     _assert_no_secret(_exception_texts(info.value))
 
 
-async def test_selected_subprotocol_that_was_offered_is_accepted() -> None:
+async def test_selected_subprotocol_that_was_offered_is_accepted(transport: TransportName) -> None:
     async with HandshakePeer(101, {"Sec-WebSocket-Protocol": "chat.v2"}) as peer:
-        conn = await connect(peer.url, protocols=("chat.v1", "chat.v2"), connect_timeout=5)
+        conn = await connect(
+            peer.url, transport=transport, protocols=("chat.v1", "chat.v2"), connect_timeout=5
+        )
         assert conn.protocol == "chat.v2"
         conn.drop()
         await peer.wait_for_open_connections(0, timeout=2)
@@ -358,12 +368,18 @@ TLS_FAILURES = [
 
 @pytest.mark.parametrize(("trusted", "names", "host", "verify_message"), TLS_FAILURES)
 async def test_connect_names_a_certificate_verification_failure(
-    ca: trustme.CA, trusted: bool, names: tuple[str, ...], host: str, verify_message: str
+    transport: TransportName,
+    ca: trustme.CA,
+    trusted: bool,
+    names: tuple[str, ...],
+    host: str,
+    verify_message: str,
 ) -> None:
     async with _tls_server(ca, *names) as port:
         with pytest.raises(ConnectError) as info:
             await connect(
                 f"wss://{host}:{port}/ws",
+                transport=transport,
                 ssl=_trusting(ca) if trusted else None,
                 connect_timeout=5,
             )
@@ -406,7 +422,11 @@ async def test_health_probe_succeeds_when_the_ca_is_trusted(ca: trustme.CA) -> N
 LIMIT = 64 * 1024
 
 
-@pytest.mark.parametrize("compression", [False, True], ids=["plain", "deflate"])
+@pytest.mark.parametrize(
+    ("transport", "compression"),
+    [("aiohttp", False), ("aiohttp", True), ("picows", False)],
+    ids=["aiohttp-plain", "aiohttp-deflate", "picows-plain"],  # picows refuses compression
+)
 @pytest.mark.parametrize(
     ("fits", "too_big"),
     [
@@ -417,7 +437,7 @@ LIMIT = 64 * 1024
     ],
 )
 async def test_message_of_exactly_the_limit_is_delivered_one_more_byte_is_refused(
-    compression: bool, fits: str | bytes, too_big: str | bytes
+    transport: TransportName, compression: bool, fits: str | bytes, too_big: str | bytes
 ) -> None:
     """max_message_size is inclusive in both modes; the oversize message closes with 1009.
 
@@ -425,7 +445,9 @@ async def test_message_of_exactly_the_limit_is_delivered_one_more_byte_is_refuse
     size with '>' where it checks a frame with '>='.)
     """
     async with SendingPeer([fits, too_big], compress=compression) as peer:
-        conn = await connect(peer.url, compression=compression, max_message_size=LIMIT)
+        conn = await connect(
+            peer.url, transport=transport, compression=compression, max_message_size=LIMIT
+        )
         try:
             assert (await conn.receive(timeout=5)).data == fits
             with pytest.raises(MessageTooBigError):
@@ -487,10 +509,12 @@ async def _timed_close(conn: Connection) -> float:
     return loop.time() - started
 
 
-async def test_close_is_bounded_against_a_dribbling_peer_that_ignores_the_close_frame() -> None:
+async def test_close_is_bounded_against_a_dribbling_peer_that_ignores_the_close_frame(
+    transport: TransportName,
+) -> None:
     """A small message every 0.3 s restarted aiohttp's per-read close timeout forever."""
     async with CloseIgnoringPeer(interval=0.3) as peer:
-        conn = await connect(peer.url, close_timeout=CLOSE_TIMEOUT)
+        conn = await connect(peer.url, transport=transport, close_timeout=CLOSE_TIMEOUT)
         assert (await conn.receive(timeout=5)).data == "tick"
         elapsed = await _timed_close(conn)
         assert CLOSE_TIMEOUT - 0.05 <= elapsed <= CLOSE_TIMEOUT + MARGIN
@@ -501,10 +525,14 @@ async def test_close_is_bounded_against_a_dribbling_peer_that_ignores_the_close_
         assert peer.messages_sent >= 3  # it kept dribbling while close() waited
 
 
-async def test_close_is_bounded_against_a_peer_that_stopped_reading() -> None:
+async def test_close_is_bounded_against_a_peer_that_stopped_reading(
+    transport: TransportName,
+) -> None:
     """With the send buffer full, even writing the close frame blocks: still bounded."""
     async with NeverReadingPeer() as peer:
-        conn = await connect(peer.url, close_timeout=CLOSE_TIMEOUT, heartbeat={"interval": None})
+        conn = await connect(
+            peer.url, transport=transport, close_timeout=CLOSE_TIMEOUT, heartbeat={"interval": None}
+        )
         await peer.wait_for_connections(1)
         sender = asyncio.create_task(conn.send(b"x" * (4 * 1024 * 1024)))
         try:
@@ -520,7 +548,9 @@ async def test_close_is_bounded_against_a_peer_that_stopped_reading() -> None:
         assert await peer.wait_disconnect(timeout=1) == "reset"
 
 
-async def test_drop_aborts_the_socket_of_a_peer_that_stopped_reading() -> None:
+async def test_drop_aborts_the_socket_of_a_peer_that_stopped_reading(
+    transport: TransportName,
+) -> None:
     """drop() resets the TCP connection at once; it does not linger to flush megabytes.
 
     A graceful transport.close() keeps the socket ESTABLISHED until the buffered
@@ -530,7 +560,7 @@ async def test_drop_aborts_the_socket_of_a_peer_that_stopped_reading() -> None:
     """
     payload = b"x" * (4 * 1024 * 1024)
     async with NeverReadingPeer() as peer:
-        conn = await connect(peer.url, heartbeat={"interval": None})
+        conn = await connect(peer.url, transport=transport, heartbeat={"interval": None})
         await peer.wait_for_connections(1)
         sender = asyncio.create_task(conn.send(payload))
         try:
@@ -548,10 +578,12 @@ async def test_drop_aborts_the_socket_of_a_peer_that_stopped_reading() -> None:
         assert peer.drained < len(payload)  # the client's backlog was discarded
 
 
-async def test_close_against_a_well_behaved_peer_returns_on_its_close_frame() -> None:
+async def test_close_against_a_well_behaved_peer_returns_on_its_close_frame(
+    transport: TransportName,
+) -> None:
     """The overall bound changes nothing for a peer that answers: close() ends with 1000."""
     async with BackendServer() as server:
-        conn = await connect(server.url, close_timeout=CLOSE_TIMEOUT)
+        conn = await connect(server.url, transport=transport, close_timeout=CLOSE_TIMEOUT)
         await server.wait_for_connections(1)
         elapsed = await _timed_close(conn)
         assert elapsed < CLOSE_TIMEOUT
@@ -565,10 +597,10 @@ async def test_close_against_a_well_behaved_peer_returns_on_its_close_frame() ->
 BIG = 300_000
 
 
-async def test_send_timeout_against_a_peer_that_stopped_reading() -> None:
+async def test_send_timeout_against_a_peer_that_stopped_reading(transport: TransportName) -> None:
     """Every send flavour raises TimeoutError at its timeout; the connection stays open."""
     async with NeverReadingPeer() as peer:
-        conn = await connect(peer.url, heartbeat={"interval": None})
+        conn = await connect(peer.url, transport=transport, heartbeat={"interval": None})
         await peer.wait_for_connections(1)
         loop = asyncio.get_running_loop()
         sends: list[Callable[[], Awaitable[None]]] = [
@@ -591,14 +623,16 @@ async def test_send_timeout_against_a_peer_that_stopped_reading() -> None:
         assert await peer.wait_disconnect(timeout=1) == "reset"
 
 
-async def test_a_timed_out_send_does_not_break_a_concurrent_or_later_send() -> None:
+async def test_a_timed_out_send_does_not_break_a_concurrent_or_later_send(
+    transport: TransportName,
+) -> None:
     """Senders share aiohttp's drain future: the timeout must not cancel it for the others.
 
     Cancelling that future would make the concurrent send, and every later one,
     raise CancelledError as if its own task had been cancelled.
     """
     async with NeverReadingPeer() as peer:
-        conn = await connect(peer.url, heartbeat={"interval": None})
+        conn = await connect(peer.url, transport=transport, heartbeat={"interval": None})
         await peer.wait_for_connections(1)
         try:
             with pytest.raises(TimeoutError):
@@ -616,9 +650,9 @@ async def test_a_timed_out_send_does_not_break_a_concurrent_or_later_send() -> N
         assert await peer.wait_disconnect(timeout=1) == "reset"
 
 
-async def test_send_with_a_timeout_to_a_reading_peer_just_sends() -> None:
+async def test_send_with_a_timeout_to_a_reading_peer_just_sends(transport: TransportName) -> None:
     async with BackendServer() as server:
-        conn = await connect(server.url)
+        conn = await connect(server.url, transport=transport)
         try:
             await conn.send("hello", timeout=1)
             assert (await conn.receive(timeout=5)).data == "hello"
@@ -636,27 +670,9 @@ async def test_send_with_a_timeout_to_a_reading_peer_just_sends() -> None:
 # -- the peers themselves ------------------------------------------------------------
 
 
-async def test_ping_flood_is_answered_pong_for_ping_without_task_growth() -> None:
-    """Every ping of a flood gets its pong from a reading connection; no task per ping."""
-    async with PingFloodingPeer(count=2_000) as peer:
-        conn = await connect(peer.url, heartbeat={"interval": None})
-        before = len(asyncio.all_tasks())
-        reader = asyncio.create_task(conn.receive())  # answers pings while it waits for data
-        try:
-            await peer.wait_for_pongs(2_000, timeout=10)
-            assert len(asyncio.all_tasks()) <= before + 1
-            assert not reader.done()
-            assert conn.connected
-        finally:
-            reader.cancel()
-            await asyncio.gather(reader, return_exceptions=True)
-            conn.drop()
-    assert peer.pings_sent == 2_000
-
-
-async def test_dribbling_peer_keeps_sending_and_ignores_close() -> None:
+async def test_dribbling_peer_keeps_sending_and_ignores_close(transport: TransportName) -> None:
     async with DribblingPeer(interval=0.05) as peer:
-        conn = await connect(peer.url, close_timeout=0.3)
+        conn = await connect(peer.url, transport=transport, close_timeout=0.3)
         for _ in range(3):
             assert (await conn.receive(timeout=5)).data == "tick"
         await conn.close()
@@ -664,13 +680,18 @@ async def test_dribbling_peer_keeps_sending_and_ignores_close() -> None:
         await peer.wait_for_open_connections(0, timeout=2)
 
 
-async def test_peers_refuse_connections_beyond_their_bound_and_leak_nothing() -> None:
+async def test_peers_refuse_connections_beyond_their_bound_and_leak_nothing(
+    transport: TransportName,
+) -> None:
     """max_connections caps what a peer holds; stop() closes every socket it had."""
     async with NeverReadingPeer(max_connections=2) as peer:
-        conns = [await connect(peer.url, heartbeat={"interval": None}) for _ in range(2)]
+        conns = [
+            await connect(peer.url, transport=transport, heartbeat={"interval": None})
+            for _ in range(2)
+        ]
         await peer.wait_for_connections(2)
         with pytest.raises(ConnectError):
-            await connect(peer.url, connect_timeout=2)
+            await connect(peer.url, transport=transport, connect_timeout=2)
         assert peer.open_connections == 2
         for conn in conns:
             conn.drop()

@@ -450,7 +450,8 @@ async def test_receive_blocked_during_terminate_sees_connection_closed(
     link = conn._link
     assert link is not None
     pool.release(conn)
-    await until(lambda: link.pending is not None)  # idle read started; the lessee takes it over
+    # aiohttp: the idle reader task started (the lessee takes it over); picows needs none
+    await until(lambda: getattr(link.transport, "_watcher", link) is not None)
     conn = await pool.acquire()
     reader = asyncio.ensure_future(conn.receive())
     await until(lambda: link.reading)
@@ -740,7 +741,7 @@ async def test_a_lease_that_dies_unread_is_blamed_on_release(
     )
     conn = await pool.acquire()
     servers[0].ignore_pings()
-    await until(lambda: conn._link is not None and conn._link.ws.closed)
+    await until(lambda: conn._link is not None and conn._link.transport.closed)
     pool.release(conn)
     status = pool.health_status()["b0"]
     assert status.consecutive_failures == 1

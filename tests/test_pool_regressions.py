@@ -11,7 +11,15 @@ import pytest
 from tests.conftest import FAST, PoolFactory, assert_echo, until
 from tests.test_failover import EventLog
 from wsclient import Backend, PoolMisuseError, WebSocketPool
+from wsclient.config import TransportName
 from wsclient.testing import BackendServer, FaultProxy
+
+
+@pytest.fixture
+def transport() -> TransportName:
+    """Pool bookkeeping regressions: one transport is enough (the connection, pool,
+    failover and chaos tests cover both)."""
+    return "aiohttp"
 
 
 async def test_acquire_works_with_create_task(

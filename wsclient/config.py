@@ -9,6 +9,7 @@ kept out of ``repr`` so they never reach logs.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import ssl as ssl_module
@@ -337,9 +338,34 @@ def _check_server_hostname(value: str | None) -> str | None:
     return value
 
 
+TransportName: TypeAlias = Literal["aiohttp", "picows"]
+
+#: Options a transport cannot honour, with the reason given in the error.
+_UNSUPPORTED: dict[str, dict[str, str]] = {
+    "picows": {"compression": "picows has no permessage-deflate"},
+}
+
+
+def check_transport(options: ConnectionOptions, where: str = "") -> None:
+    """Refuse, before any socket opens, a combination the chosen transport cannot carry."""
+    name = options.transport
+    for option, why in _UNSUPPORTED.get(name, {}).items():
+        if getattr(options, option):
+            raise ValueError(
+                f"{where}{option}={getattr(options, option)!r} is not supported with "
+                f"transport={name!r} ({why}); use transport='aiohttp' for it"
+            )
+    if name == "picows" and importlib.util.find_spec("picows") is None:
+        raise ValueError(
+            f"{where}transport='picows' needs the picows package: pip install 'wsclient[fast]'"
+        )
+
+
 class ConnectionOptions(_Model):
     """Options of one WebSocket connection (``connect()`` keywords, pool defaults)."""
 
+    transport: TransportName = "aiohttp"
+    """Which WebSocket implementation carries the frames (picows: extra wsclient[fast])."""
     max_message_size: int = Field(default=4 * 1024 * 1024, ge=0)
     """Largest message accepted or sent, in bytes; 0 disables the limit."""
     compression: bool = False
@@ -370,6 +396,12 @@ class ConnectionOptions(_Model):
     _headers_are_sendable = field_validator("headers")(_check_headers)
     _protocols_are_tokens = field_validator("protocols")(_check_protocols)
 
+    @model_validator(mode="after")
+    def _transport_supports_the_options(self) -> ConnectionOptions:
+        if type(self) is ConnectionOptions:  # PoolConfig checks each backend's merge
+            check_transport(self)
+        return self
+
     def __repr_args__(self) -> Any:
         for name, value in super().__repr_args__():
             if name == "headers" and isinstance(value, Mapping):
@@ -395,6 +427,7 @@ class Backend(_Model):
     id: str = ""
     url: str
     weight: int = Field(default=1, ge=1, le=10_000)
+    transport: TransportName | None = None
     max_message_size: int | None = Field(default=None, ge=0)
     compression: bool | None = None
     protocols: tuple[str, ...] | None = None
@@ -520,6 +553,16 @@ class PoolConfig(ConnectionOptions):
         if value not in names:
             raise ValueError(f"unknown load_balancing {value!r}; choose one of: {', '.join(names)}")
         return value
+
+    @model_validator(mode="after")
+    def _transports_support_the_options(self) -> PoolConfig:
+        defaults = ConnectionOptions.model_construct(
+            **{name: getattr(self, name) for name in _OVERRIDABLE}
+        )
+        check_transport(defaults)
+        for backend in self.backends:
+            check_transport(backend.connection_options(defaults), f"backend {backend.id!r}: ")
+        return self
 
     @model_validator(mode="after")
     def _sizes(self) -> PoolConfig:

@@ -26,12 +26,8 @@ import aiohttp
 from yarl import URL
 
 from wsclient.config import ConnectionOptions, HealthCheckConfig
-from wsclient.connection import (
-    _ssl_argument,
-    auth_headers,
-    describe_connect_error,
-    with_host_header,
-)
+from wsclient.transports.aiohttp import describe_connect_error, ssl_argument
+from wsclient.transports.base import auth_headers, with_host_header
 
 logger = logging.getLogger("wsclient.health")
 
@@ -148,7 +144,7 @@ class HealthChecker:
         url = http_origin(ws_url).with_path(path)
         async with self._session().get(
             url,
-            ssl=_ssl_argument(options.ssl),
+            ssl=ssl_argument(options.ssl),
             server_hostname=options.server_hostname,
             headers=with_host_header(url, {}, options.server_hostname),
         ) as response:
@@ -169,7 +165,7 @@ class HealthChecker:
             headers=with_host_header(url, headers, options.server_hostname),
             server_hostname=options.server_hostname,
             protocols=options.protocols,
-            ssl=_ssl_argument(options.ssl),
+            ssl=ssl_argument(options.ssl),
             autoping=False,
             timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=1.0),
         ) as ws:

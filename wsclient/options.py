@@ -80,6 +80,7 @@ class ConnectionOptionsDict(TypedDict, total=False):
     ssl: ssl.SSLContext | bool | None
     heartbeat: HeartbeatConfig | HeartbeatOptions
     server_hostname: str | None
+    transport: Literal["aiohttp", "picows"]
 
 
 class BackendOptions(TypedDict, total=False):
@@ -98,6 +99,7 @@ class BackendOptions(TypedDict, total=False):
     ssl: ssl.SSLContext | bool | None
     heartbeat: HeartbeatConfig | HeartbeatOptions | None
     server_hostname: str | None
+    transport: Literal["aiohttp", "picows"] | None
 
 
 class PoolOptions(ConnectionOptionsDict, total=False):

@@ -19,7 +19,8 @@ a thin translation into core calls plus the I/O of that call; what is left of
 logic is how each effect is carried out. The decisions are in ``core.py``, the
 probes in ``health.py``, the backend state in ``state.py`` and ``fleet/``,
 sessions and multiplexing in ``messaging/``, discovery in ``resolvers/``, link
-I/O in ``connection.py``.
+I/O (opening, closing, idle watching, releasing the socket of a link that
+ended by itself) in the transports under ``Connection`` (``wsclient/transports/``).
 """
 
 from __future__ import annotations
@@ -40,15 +41,7 @@ from wsclient.backend import BackendHealth
 from wsclient.balancers import create_balancer
 from wsclient.codes import CloseCode, ConnectionState, check_close_code
 from wsclient.config import Backend, ConnectionOptions, PoolConfig, redact_url
-from wsclient.connection import (
-    WS_CLOSED,
-    Connection,
-    Message,
-    _Link,
-    abort_ws,
-    new_session,
-    open_link,
-)
+from wsclient.connection import Connection, Message, _Link, open_link
 from wsclient.core import (
     Close,
     CoreBackend,
@@ -86,6 +79,7 @@ from wsclient.resolvers.runner import ResolverRunner
 from wsclient.state import BackendStateStore, LocalStateStore
 from wsclient.stats import ConnectionCounts, FleetStats, PoolStats, StatsRecorder
 from wsclient.timing import PoolTiming
+from wsclient.transports.aiohttp import new_session
 
 logger = logging.getLogger("wsclient.pool")
 
@@ -295,7 +289,6 @@ class WebSocketPool(EventSource):
         self._terminating = False
         self._drained: dict[str, asyncio.Event] = {}
         self._validating: set[_Link] = set()  # links whose checkout ping is out
-        self._late_aborts: dict[_Link, asyncio.TimerHandle] = {}
         self._to_read: list[_Link] = []
         self._read_scheduled = False
         self._breaker_timers: dict[str, asyncio.TimerHandle] = {}
@@ -564,9 +557,6 @@ class WebSocketPool(EventSource):
                     task.cancel()
             while self._tasks:
                 await asyncio.wait(set(self._tasks))
-            for link, handle in list(self._late_aborts.items()):
-                handle.cancel()
-                self._late_abort(link)
             await self._events.aclose()
             if self._timing is not None:
                 self._timing.clear()
@@ -909,7 +899,12 @@ class WebSocketPool(EventSource):
         now = _monotonic()  # one clock read for the timing hook and give_back
         if self._timing is not None:
             self._timing.released(link, now)
-        if link.state is _OPEN and not link.reading and not link.dirty and not link.ws.closed:  # noqa: SIM102
+        if (  # noqa: SIM102 (the hot path reads best as one test, then the core's)
+            link.state is _OPEN
+            and not link.reading
+            and not link.dirty
+            and not link.transport.closed
+        ):
             if core.give_back(slot, now):
                 # The hot path: parked with nothing else to do; watched from the next
                 # loop iteration on (by then it is often leased again).
@@ -923,8 +918,8 @@ class WebSocketPool(EventSource):
                 if core.due < self._sleep_until and self._wakeup is not None:
                     self._wakeup.set()
                 return
-        if link.ws.closed and link.state is _OPEN:
-            link.absorb_close(WS_CLOSED)  # aiohttp closed it (heartbeat) while nobody read
+        if link.state is _OPEN and link.transport.closed:
+            link.note_transport_closed()  # it ended while nobody read
         if link.reading or link.dirty:
             # A receive() still running, or one that timed out with its reply
             # possibly still coming: reusing the socket could hand that reply to
@@ -1046,7 +1041,7 @@ class WebSocketPool(EventSource):
         try:
             async with asyncio.timeout(limit):
                 await init(conn)
-            if link.state is not _OPEN or link.ws.closed:
+            if link.state is not _OPEN or link.transport.closed:
                 reason = "the connection closed during init"
             elif link.reading or link.dirty:
                 reason = "init left a receive() outstanding"
@@ -1067,15 +1062,7 @@ class WebSocketPool(EventSource):
         link = slot.link
         link.on_closed = None
         if link.state is ConnectionState.CLOSED:
-            # Ended by itself: make sure aiohttp lets go of the socket. A close
-            # handshake the link started itself (1009 after an oversize message)
-            # gets its close_timeout first.
-            if link.ws.closed:
-                abort_ws(link.ws)
-            else:
-                self._late_aborts[link] = asyncio.get_running_loop().call_later(
-                    link.close_timeout, self._late_abort, link
-                )
+            # Ended by itself: the transport released the socket as it reported the end.
             self._links.discard(link)
             self._core.closed(slot, link.close_code, link.close_reason, time.monotonic())
             return
@@ -1083,10 +1070,6 @@ class WebSocketPool(EventSource):
             self._close_link(slot, code, reason), name=f"wsclient-close-{link.id}"
         )
         self._track(task)
-
-    def _late_abort(self, link: _Link) -> None:
-        self._late_aborts.pop(link, None)
-        abort_ws(link.ws)
 
     async def _close_link(self, slot: Slot[_Link], code: int | None, reason: str) -> None:
         link = slot.link
@@ -1097,7 +1080,7 @@ class WebSocketPool(EventSource):
             else:
                 await link.close(code, reason)
         finally:
-            abort_ws(link.ws)  # no-op after a clean close; frees the socket after any other
+            link.transport.abort()  # no-op after a clean close; frees the socket after any other
             self._links.discard(link)
             self._core.closed(slot, link.close_code, link.close_reason, time.monotonic())
             self._run()

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict
 
 from wsclient.config import redact_url
 from wsclient.connection import Connection, connect
+from wsclient.transports.aiohttp import AiohttpTransport
 
 
 class TlsInfo(BaseModel):
@@ -63,8 +64,7 @@ def _name(parts: Any) -> str | None:
 
 
 def _tls_info(conn: Connection) -> TlsInfo | None:
-    ws = conn._checked().ws
-    ssl_object = ws.get_extra_info("ssl_object")
+    ssl_object = conn._checked().transport.get_extra_info("ssl_object")
     if not isinstance(ssl_object, ssl.SSLObject | ssl.SSLSocket):
         return None
     cipher = ssl_object.cipher()
@@ -94,7 +94,9 @@ async def run_probe(url: str, count: int, timeout: float, options: dict[str, Any
                 rtts.append((time.perf_counter() - sent) * 1000)
             elif not conn.connected:
                 break
-        compress = link.ws.compress
+        transport = link.transport
+        # aiohttp tells the negotiated window; picows never compresses.
+        compress = transport.ws.compress if isinstance(transport, AiohttpTransport) else 0
         remote = conn.remote_address
         report = ProbeReport(
             url=redact_url(url),  # the report is printed: no token from the query string

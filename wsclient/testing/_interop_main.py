@@ -25,12 +25,14 @@ import argparse
 import asyncio
 import contextlib
 import ctypes
+import dataclasses
 import errno
 import json
 import math
 import os
 import signal
 import socket
+import ssl
 import sys
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -129,6 +131,11 @@ class _State:
             self.health = int(msg.get("status", 200))
             await send(data)  # the verbatim echo is the acknowledgement
             return
+        if op == "blob" and isinstance(msg, dict):
+            # One text message of exactly "size" bytes (capped): size limits are
+            # tested against the server's own framing.
+            await send("x" * min(int(msg.get("size", 0)), 16 * 1024 * 1024))
+            return
         if op == "close" and isinstance(msg, dict):
             await close(int(msg.get("code", 1000)), str(msg.get("reason", "")))
             return
@@ -167,11 +174,35 @@ class _State:
 # --------------------------------------------------------------------------------------
 
 
+@dataclasses.dataclass(frozen=True)
+class _Options:
+    """The server options every kind maps onto its own settings."""
+
+    ping_interval: float | None = None
+    ping_timeout: float | None = None
+    subprotocols: tuple[str, ...] = ()
+    certfile: str | None = None
+    keyfile: str | None = None
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        if self.certfile is None:
+            return None
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(self.certfile, self.keyfile)
+        return context
+
+    def select(self, offered: list[str], query: Mapping[str, list[str]]) -> str | None:
+        """``?select=NAME`` forces NAME; otherwise the first offered one we accept."""
+        if "select" in query:
+            return query["select"][0]
+        return next((p for p in offered if p in self.subprotocols), None)
+
+
 def _ready(port: int) -> None:
     print(f"READY {port}", flush=True)
 
 
-async def _run_websockets(state: _State, sock: socket.socket, path: str) -> int:
+async def _run_websockets(state: _State, sock: socket.socket, path: str, opts: _Options) -> int:
     from websockets.asyncio.server import ServerConnection, serve
     from websockets.exceptions import ConnectionClosed
     from websockets.http11 import Request, Response
@@ -198,8 +229,19 @@ async def _run_websockets(state: _State, sock: socket.socket, path: str) -> int:
         finally:
             state.closed()
 
+    def select_subprotocol(connection: ServerConnection, offered: Any) -> Any:
+        request_path = connection.request.path if connection.request is not None else ""
+        return opts.select(list(offered), parse_qs(urlsplit(request_path).query))
+
+    extra: dict[str, Any] = {"select_subprotocol": select_subprotocol}
+    if opts.ping_interval is not None:
+        extra["ping_interval"] = opts.ping_interval
+    if opts.ping_timeout is not None:
+        extra["ping_timeout"] = opts.ping_timeout
+    if opts.certfile is not None:
+        extra["ssl"] = opts.ssl_context()
     loop = asyncio.get_running_loop()
-    async with serve(handler, sock=sock, process_request=process_request) as server:
+    async with serve(handler, sock=sock, process_request=process_request, **extra) as server:
         # The library's documented graceful shutdown: close() sends 1001 to every open
         # WebSocket, stops listening and waits for the handlers.
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -209,7 +251,9 @@ async def _run_websockets(state: _State, sock: socket.socket, path: str) -> int:
     return 0
 
 
-def _run_uvicorn(state: _State, sock: socket.socket, path: str, graceful_timeout: float) -> int:
+def _run_uvicorn(
+    state: _State, sock: socket.socket, path: str, graceful_timeout: float, opts: _Options
+) -> int:
     import uvicorn
     from starlette.applications import Starlette
     from starlette.requests import Request
@@ -222,7 +266,9 @@ def _run_uvicorn(state: _State, sock: socket.socket, path: str, graceful_timeout
         return JSONResponse(body, status_code=status)
 
     async def ws_endpoint(websocket: WebSocket) -> None:
-        await websocket.accept()
+        offered = list(websocket.scope.get("subprotocols", []))
+        query = parse_qs(websocket.scope.get("query_string", b"").decode())
+        await websocket.accept(subprotocol=opts.select(offered, query))
         state.opened()
 
         async def send(data: str | bytes) -> None:
@@ -263,8 +309,16 @@ def _run_uvicorn(state: _State, sock: socket.socket, path: str, graceful_timeout
             if not self.should_exit:
                 _ready(sock.getsockname()[1])
 
+    extra: dict[str, Any] = {}
+    if opts.ping_interval is not None:
+        extra["ws_ping_interval"] = opts.ping_interval
+    if opts.ping_timeout is not None:
+        extra["ws_ping_timeout"] = opts.ping_timeout
+    if opts.certfile is not None:
+        extra["ssl_certfile"], extra["ssl_keyfile"] = opts.certfile, opts.keyfile
     config = uvicorn.Config(
         app,
+        **extra,
         lifespan="off",
         log_level="warning",
         access_log=False,
@@ -277,7 +331,9 @@ def _run_uvicorn(state: _State, sock: socket.socket, path: str, graceful_timeout
     return 0
 
 
-def _run_aiohttp(state: _State, sock: socket.socket, path: str, graceful_timeout: float) -> int:
+def _run_aiohttp(
+    state: _State, sock: socket.socket, path: str, graceful_timeout: float, opts: _Options
+) -> int:
     from aiohttp import WSCloseCode, WSMsgType, web
 
     sockets: set[web.WebSocketResponse] = set()
@@ -287,7 +343,7 @@ def _run_aiohttp(state: _State, sock: socket.socket, path: str, graceful_timeout
         return web.json_response(body, status=status)
 
     async def ws_endpoint(request: web.Request) -> web.WebSocketResponse:
-        ws = web.WebSocketResponse()
+        ws = web.WebSocketResponse(protocols=opts.subprotocols, heartbeat=opts.ping_interval)
         await ws.prepare(request)
         sockets.add(ws)
         state.opened()
@@ -331,6 +387,7 @@ def _run_aiohttp(state: _State, sock: socket.socket, path: str, graceful_timeout
         app,
         sock=sock,
         shutdown_timeout=graceful_timeout,
+        ssl_context=opts.ssl_context(),
         print=lambda *_args, **_kw: _ready(port),
         access_log=None,
     )
@@ -407,6 +464,11 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="uvicorn timeout_graceful_shutdown / aiohttp shutdown_timeout (seconds)",
     )
     parser.add_argument("--parent-pid", type=int, default=0)
+    parser.add_argument("--ping-interval", type=float, default=None)
+    parser.add_argument("--ping-timeout", type=float, default=None)
+    parser.add_argument("--subprotocols", default="")
+    parser.add_argument("--certfile", default=None)
+    parser.add_argument("--keyfile", default=None)
     parser.add_argument(
         "--exit-on-stdin-eof",
         action="store_true",
@@ -423,11 +485,18 @@ def main(argv: list[str] | None = None) -> int:
     if args.exit_on_stdin_eof:
         _watch_stdin()
     state = _State(args.kind)
+    opts = _Options(
+        ping_interval=args.ping_interval,
+        ping_timeout=args.ping_timeout,
+        subprotocols=tuple(p for p in args.subprotocols.split(",") if p),
+        certfile=args.certfile,
+        keyfile=args.keyfile,
+    )
     if args.kind == "websockets":
-        return asyncio.run(_run_websockets(state, sock, args.path))
+        return asyncio.run(_run_websockets(state, sock, args.path, opts))
     if args.kind == "uvicorn":
-        return _run_uvicorn(state, sock, args.path, args.graceful_timeout)
-    return _run_aiohttp(state, sock, args.path, args.graceful_timeout)
+        return _run_uvicorn(state, sock, args.path, args.graceful_timeout, opts)
+    return _run_aiohttp(state, sock, args.path, args.graceful_timeout, opts)
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ Every kind serves the same protocol:
     optional ``"interval"`` in seconds, to shut down mid-stream; an optional ``"start": S``
     numbers them ``S`` ... ``S+K-1``, so a reconnecting client can resume a feed; an
     optional ``"delay"`` in seconds holds the first one back);
+    ``{"op": "blob", "size": N}`` sends one text message of exactly ``N`` bytes;
     ``{"op": "health", "status": 503}`` sets the ``/health`` status and is echoed back
     as the acknowledgement; ``{"op": "close", "code": C, "reason": R}`` makes the server
     close that WebSocket with ``C``.
@@ -64,6 +65,7 @@ import dataclasses
 import logging
 import os
 import signal
+import ssl
 import sys
 import warnings
 from collections.abc import Mapping
@@ -148,6 +150,17 @@ class InteropServer:
     :param graceful_timeout: passed to the child as uvicorn's
         ``timeout_graceful_shutdown`` and aiohttp's ``shutdown_timeout``; websockets
         bounds its closing handshakes with its own ``close_timeout`` (10 s).
+    :param ping_interval: the server's own keep-alive: it pings every WebSocket this
+        often and closes one whose pong does not come within ``ping_timeout``
+        (websockets ``ping_interval``/``ping_timeout``, uvicorn ``ws_ping_interval``/
+        ``ws_ping_timeout``, aiohttp ``heartbeat``, whose pong wait is half of it).
+        None: each library's default.
+    :param subprotocols: subprotocols the server accepts; it selects the first one the
+        client offers that is in this list. A connection to ``url + "?select=NAME"``
+        gets ``NAME`` selected whatever the client offered (websockets and uvicorn;
+        aiohttp's server cannot be made to), to test a client's refusal.
+    :param tls: ``(certfile, keyfile)``: serve ``wss://``/``https://``; the control
+        requests then trust ``client_ssl``.
 
     ``async with`` starts the child and, on exit, always ``SIGKILL``\\ s and reaps it
     (:meth:`close`); call :meth:`terminate` inside the block for a graceful shutdown.
@@ -167,6 +180,11 @@ class InteropServer:
         stop_timeout: float = 10.0,
         control_timeout: float = 5.0,
         graceful_timeout: float = 5.0,
+        ping_interval: float | None = None,
+        ping_timeout: float | None = None,
+        subprotocols: tuple[str, ...] = (),
+        tls: tuple[str, str] | None = None,
+        client_ssl: ssl.SSLContext | None = None,
     ) -> None:
         if kind not in INTEROP_KINDS:
             raise ValueError(f"unknown kind {kind!r}; expected one of {INTEROP_KINDS}")
@@ -180,6 +198,11 @@ class InteropServer:
         self._stop_timeout = stop_timeout
         self._control_timeout = control_timeout
         self._graceful_timeout = graceful_timeout
+        self._ping_interval = ping_interval
+        self._ping_timeout = ping_timeout
+        self._subprotocols = subprotocols
+        self._tls = tls
+        self._client_ssl = client_ssl
         self._proc: asyncio.subprocess.Process | None = None
         self._reader: asyncio.Task[None] | None = None
         self._output: collections.deque[str] = collections.deque(maxlen=_OUTPUT_TAIL)
@@ -208,12 +231,12 @@ class InteropServer:
     @property
     def url(self) -> str:
         """WebSocket URL, e.g. ``ws://127.0.0.1:PORT/ws``."""
-        return f"ws://{self._netloc}{self._path}"
+        return f"{'wss' if self._tls else 'ws'}://{self._netloc}{self._path}"
 
     @property
     def http_url(self) -> str:
         """HTTP origin, e.g. ``http://127.0.0.1:PORT``."""
-        return f"http://{self._netloc}"
+        return f"{'https' if self._tls else 'http'}://{self._netloc}"
 
     @property
     def health_url(self) -> str:
@@ -279,6 +302,14 @@ class InteropServer:
             str(os.getpid()),
             "--exit-on-stdin-eof",
         ]
+        if self._ping_interval is not None:
+            cmd += ["--ping-interval", str(self._ping_interval)]
+        if self._ping_timeout is not None:
+            cmd += ["--ping-timeout", str(self._ping_timeout)]
+        if self._subprotocols:
+            cmd += ["--subprotocols", ",".join(self._subprotocols)]
+        if self._tls is not None:
+            cmd += ["--certfile", self._tls[0], "--keyfile", self._tls[1]]
         self._output.clear()
         # stderr joins stdout so one task drains both: a child whose pipe nobody reads
         # would block on a write and look hung.
@@ -477,7 +508,11 @@ class InteropServer:
         try:
             async with (
                 aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as session,
-                session.get(self.http_url + path, params=params) as resp,
+                session.get(
+                    self.http_url + path,
+                    params=params,
+                    ssl=self._client_ssl if self._client_ssl is not None else True,
+                ) as resp,
             ):
                 return resp.status, await resp.json(content_type=None)
         except TimeoutError:

@@ -529,33 +529,65 @@ class DribblingPeer(CloseIgnoringPeer):
 
 
 class PingFloodingPeer(_RawPeer):
-    """Completes the handshake, then sends ``count`` pings as fast as the socket takes them.
+    """Completes the handshake, then sends ``count`` pings (125-byte ``payload``s capped).
 
-    Pongs the client sends back are counted in :attr:`pongs`; after the flood the peer
-    keeps reading until the client disconnects.
+    As fast as the socket takes them, or ``rate`` pings a second. With ``read=True``
+    (the default) pongs the client sends back are counted in :attr:`pongs` and the
+    peer keeps reading until the client disconnects. With ``read=False`` it never
+    reads (its receive buffer is kept at ``recv_buffer`` bytes): every pong the client
+    writes piles up on the client's side, and the client's own pings go unanswered,
+    which is what a heartbeat must notice. The socket is held until the client ends
+    it or the peer stops.
     """
 
     def __init__(
-        self, count: int = 10_000, *, max_connections: int = 16, io_timeout: float = 5.0
+        self,
+        count: int = 10_000,
+        *,
+        read: bool = True,
+        rate: float | None = None,
+        payload: bytes = b"flood",
+        recv_buffer: int | None = None,
+        max_connections: int = 16,
+        io_timeout: float = 5.0,
     ) -> None:
-        super().__init__(max_connections=max_connections, io_timeout=io_timeout)
+        super().__init__(
+            max_connections=max_connections,
+            io_timeout=io_timeout,
+            recv_buffer=recv_buffer if recv_buffer is not None else (None if read else 4096),
+        )
         if not 0 <= count <= 10_000_000:
             raise ValueError("count must be between 0 and 10,000,000")
+        if rate is not None and not 1 <= rate <= 1_000_000:
+            raise ValueError("rate must be between 1 and 1,000,000 pings a second (or None)")
+        if len(payload) > 125:
+            raise ValueError("a ping payload is at most 125 bytes")
         self.count = count
+        self.read = read
+        self.rate = rate
+        self.payload = payload
         self.pings_sent = 0
         self.pongs = 0
 
     async def _serve(self, sock: socket.socket) -> None:
         if await self._accept_handshake(sock) is None:
             return
-        reader = asyncio.get_running_loop().create_task(self._count_pongs(sock))
+        loop = asyncio.get_running_loop()
+        reader = loop.create_task(self._count_pongs(sock) if self.read else asyncio.Event().wait())
         try:
-            batch = _frame(_OP_PING, b"flood") * 100
+            ping = _frame(_OP_PING, self.payload)
+            batch = ping * 100
+            started = loop.time()
             while self.pings_sent < self.count:
                 n = min(100, self.count - self.pings_sent)
-                await self._send(sock, batch if n == 100 else _frame(_OP_PING, b"flood") * n)
+                await self._send(sock, batch if n == 100 else ping * n)
                 self.pings_sent += n
                 self._notify()
+                if self.rate is not None:
+                    # Paced by the clock, not by sleeps that add up: 10,000/s stays 10,000/s.
+                    await asyncio.sleep(
+                        max(0.0, started + self.pings_sent / self.rate - loop.time())
+                    )
             await reader
         finally:
             reader.cancel()
@@ -570,6 +602,9 @@ class PingFloodingPeer(_RawPeer):
 
     async def wait_for_pongs(self, n: int, timeout: float = 5.0) -> None:
         await self._wait(lambda: self.pongs >= n, timeout)
+
+    async def wait_for_pings_sent(self, n: int, timeout: float = 5.0) -> None:
+        await self._wait(lambda: self.pings_sent >= n, timeout)
 
 
 class SendingPeer:
