@@ -290,7 +290,7 @@ async def test_opentelemetry_histograms_hold_every_lease_once(
     await leases(20)  # the first waits for its connection, the others find it idle
     # A periodic reader collects from its own thread: the buffers are taken on the loop.
     check(await asyncio.to_thread(histogram_points, first))
-    assert timing.use.count == 20 and len(timing.use_pending[0]) == 0
+    assert timing.use.count == 20 and timing.use_pending[0].values == []
     await leases(7)
     check(histogram_points(second))  # has the first flush too, recorded into every reader
     check(histogram_points(first))

@@ -17,44 +17,54 @@ seconds = st.one_of(
 )
 
 
-def summary(values: list[float]) -> tuple[int, float, list[int], float, float]:
+def buckets(values: list[float]) -> list[int]:
     counts = [0] * (len(BUCKETS) + 1)
     for v in values:
         counts[bisect_left(BUCKETS, v)] += 1
-    return len(values), sum(values), counts, min(values), max(values)
+    return counts
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.lists(seconds, min_size=1, max_size=200), st.integers(0, 8), st.integers(0, 5))
-def test_replay_keeps_count_sum_buckets_min_max(
-    values: list[float], capacity: int, zeros: int
+@given(
+    st.lists(seconds, max_size=50),
+    st.lists(st.lists(seconds, max_size=60), min_size=1, max_size=3),
+    st.integers(0, 8),
+    st.integers(0, 5),
+)
+def test_take_replays_each_observation_once(
+    before: list[float], batches: list[list[float]], capacity: int, zeros: int
 ) -> None:
-    """Whatever overflows the kept values comes back with the same number, sum,
-    buckets, min and max (what OpenTelemetry's explicit-bucket histogram keeps)."""
-    pending = PendingTimes(capacity)
+    """Across takes, the replayed values have each batch's number, sum and buckets
+    (what an explicit-bucket histogram keeps); the kept ones exactly, the overflow at
+    its bucket's mean; observations from before the buffer existed never appear."""
     histogram = TimingHistogram()
-    for v in values:
-        pending.add(v, histogram.observe(v))
-    pending.zeros = zeros
-    assert len(pending) == len(values) + zeros
-    replayed = list(pending.replay())
-    n, total, counts, low, high = summary(values + [0.0] * zeros)
-    n2, total2, counts2, low2, high2 = summary(replayed)
-    assert (n2, counts2, low2, high2) == (n, counts, low, high)
-    assert abs(total2 - total) <= 1e-9 * max(1.0, total)
-    assert histogram.counts == summary(values)[2] and histogram.count == len(values)
+    for v in before:
+        histogram.observe(v)
+    pending = PendingTimes(histogram, capacity)
+    for batch in batches:
+        for v in batch:
+            histogram.observe(v)
+            pending.add(v)
+        pending.zeros = zeros
+        taken = pending.take()
+        replayed = list(taken.replay())
+        expected = batch + [0.0] * zeros
+        assert len(taken) == len(replayed) == len(expected)
+        assert buckets(replayed) == buckets(expected)
+        assert abs(sum(replayed) - sum(expected)) <= 1e-9 * max(1.0, sum(histogram.sums))
+        assert replayed[: min(capacity, len(batch))] == batch[:capacity]
+    assert histogram.counts == buckets(before + [v for b in batches for v in b])
 
 
-def test_take_empties_and_memory_stays_bounded() -> None:
-    """With nobody collecting, 100,000 observations keep only ``capacity`` values
-    plus fixed per-bucket numbers; take() moves them all out, once."""
-    pending = PendingTimes(16)
+def test_memory_stays_bounded_with_nobody_collecting() -> None:
+    """100,000 observations keep ``capacity`` values; take() finds all of them, once."""
     histogram = TimingHistogram()
+    pending = PendingTimes(histogram, 16)
     for i in range(100_000):
         v = (i % 1000) / 1e5
-        pending.add(v, histogram.observe(v))
-    assert len(pending.values) == 16 and len(pending) == 100_000
+        histogram.observe(v)
+        pending.add(v)
+    assert len(pending.values) == 16
     taken = pending.take()
-    assert len(taken) == 100_000 and len(pending) == 0
-    assert list(pending.replay()) == []
-    assert sum(1 for _ in taken.replay()) == 100_000
+    assert len(taken) == 100_000 and sum(1 for _ in taken.replay()) == 100_000
+    assert len(pending.take()) == 0 and pending.values == []

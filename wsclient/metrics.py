@@ -44,7 +44,7 @@ from wsclient.backend import BackendHealth
 from wsclient.breaker import BreakerState
 from wsclient.pool import WebSocketPool
 from wsclient.stats import BackendStats, PoolStats
-from wsclient.timing import BUCKETS, PendingTimes, PoolTiming, TimingHistogram
+from wsclient.timing import BUCKETS, Pending, PendingTimes, PoolTiming, TimingHistogram
 
 if TYPE_CHECKING:
     from opentelemetry.metrics import CallbackOptions, MeterProvider, Observation
@@ -376,7 +376,7 @@ class Instrumentation:
         self._records = records  # histogram kind -> bound record()
         self._per_lease = per_lease
         self._timeout = snapshot_timeout
-        self._pending = {kind: PendingTimes() for kind in records}
+        self._pending = {kind: PendingTimes(getattr(timing, kind)) for kind in records}
         self._immediate_seen = pool.stats().acquires.immediate
         self._lists = {
             "wait": timing.wait_pending,
@@ -385,19 +385,22 @@ class Instrumentation:
         }
         for kind, pending in self._pending.items():
             self._lists[kind].append(pending)
+        self._closed_with: dict[str, Pending] = {}
         self.active = True
 
     def _count_immediates(self) -> None:
         """Acquires served at once since the last look: zero waits (pool's loop only)."""
         immediate = self._pool.stats().acquires.immediate
-        if self._per_lease and self.active:
+        if self._per_lease:
             self._pending["wait"].zeros += max(0, immediate - self._immediate_seen)
         self._immediate_seen = immediate
 
-    def _take(self) -> dict[str, PendingTimes]:
+    def _take(self) -> dict[str, Pending]:
         """Everything pending, per histogram (on the pool's loop)."""
-        if self.active:
-            self._count_immediates()
+        if not self.active:  # what close() took, handed out once
+            taken, self._closed_with = self._closed_with, {}
+            return taken
+        self._count_immediates()
         return {kind: pending.take() for kind, pending in self._pending.items()}
 
     def flush(self) -> None:
@@ -412,7 +415,7 @@ class Instrumentation:
         """Stop observing (call it on the pool's loop). What is pending is recorded
         at the next collection; the gauges stop reporting."""
         if self.active:
-            self._count_immediates()
+            self._closed_with = self._take()
             self.active = False
             for kind, pending in self._pending.items():
                 self._lists[kind].remove(pending)

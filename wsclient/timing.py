@@ -2,22 +2,30 @@
 
 A pool has none until something instruments it (``wsclient.metrics``), so an
 uninstrumented pool pays one ``is None`` test per acquire and per release.
-Once created, each observation is a bisect into fixed buckets and three
+Once created, each observation is a bisect into fixed buckets and two
 additions (about 0.1 µs); exporters read the buckets when they are scraped,
 never on the hot path. An OpenTelemetry instrumentation also attaches a
-``PendingTimes`` per histogram: each observation is appended to it (or, once
-it is full, counted in its buckets) and handed to the SDK's ``record()`` at
-collection time, not on the hot path.
+``PendingTimes`` per histogram, handed to the SDK's ``record()`` at collection
+time: the hook appends an observation to it while it has room and does nothing
+more once it is full (the buckets already count the rest).
 
 A leaf module: no I/O, no clock (callers pass seconds and ``now``).
 """
 
 from __future__ import annotations
 
+import math
 from bisect import bisect_left
 from collections.abc import Iterator
 
-__all__ = ["BUCKETS", "PENDING_CAPACITY", "PendingTimes", "PoolTiming", "TimingHistogram"]
+__all__ = [
+    "BUCKETS",
+    "PENDING_CAPACITY",
+    "Pending",
+    "PendingTimes",
+    "PoolTiming",
+    "TimingHistogram",
+]
 
 #: Upper bounds (seconds) of the histogram buckets; the last bucket is +Inf.
 BUCKETS: tuple[float, ...] = (
@@ -44,23 +52,29 @@ PENDING_CAPACITY = 1024
 
 
 class TimingHistogram:
-    """Counts per bucket (``counts[i]``: observations ``<= BUCKETS[i]``, the last: above
-    all), their sum and their number. Not cumulative; exporters accumulate."""
+    """Counts and sums per bucket (``counts[i]``: observations ``<= BUCKETS[i]``, the
+    last: above all). Not cumulative; exporters accumulate."""
 
-    __slots__ = ("count", "counts", "sum")
+    __slots__ = ("counts", "sums")
 
     def __init__(self) -> None:
         self.counts = [0] * (len(BUCKETS) + 1)
-        self.sum = 0.0
-        self.count = 0
+        self.sums = [0.0] * (len(BUCKETS) + 1)
 
     def observe(self, seconds: float) -> int:
         """Count one observation; returns its bucket."""
         bucket = bisect_left(BUCKETS, seconds)
         self.counts[bucket] += 1
-        self.sum += seconds
-        self.count += 1
+        self.sums[bucket] += seconds
         return bucket
+
+    @property
+    def count(self) -> int:
+        return sum(self.counts)
+
+    @property
+    def sum(self) -> float:
+        return math.fsum(self.sums)
 
     def cumulative(self, extra_zero: int = 0) -> list[int]:
         """Prometheus-style cumulative counts per bound, +Inf last; ``extra_zero``
@@ -73,75 +87,80 @@ class TimingHistogram:
         return out
 
 
-class PendingTimes:
-    """Observations waiting for a slow consumer (an OpenTelemetry histogram's
-    ``record()``, called at collection time), in bounded memory whether or not
-    anything ever collects them.
+class Pending:
+    """What a ``PendingTimes`` held at one ``take()``: observations kept as they were,
+    a number of zeros, and per bucket the number and sum of the others."""
 
-    The first ``capacity`` are kept as they were (``values``); the rest only per
-    bucket: number, sum, smallest and largest (``replay()`` gives them back as
-    the smallest, the largest and the others at their mean, so count, sum, the
-    buckets, min and max all stay exact). ``zeros``: observations of 0 s known
-    only as a number (acquires served at once, counted by the pool anyway).
-    """
+    __slots__ = ("counts", "sums", "values", "zeros")
 
-    __slots__ = ("capacity", "counts", "highs", "lows", "sums", "values", "zeros")
-
-    def __init__(self, capacity: int | None = None) -> None:
-        self.capacity = PENDING_CAPACITY if capacity is None else capacity
-        self.values: list[float] = []
-        self.zeros = 0
-        n = len(BUCKETS) + 1
-        self.counts = [0] * n
-        self.sums = [0.0] * n
-        self.lows = [float("inf")] * n
-        self.highs = [0.0] * n
-
-    def add(self, seconds: float, bucket: int) -> None:
-        """One observation, ``bucket`` its index (``TimingHistogram.observe``'s)."""
-        values = self.values
-        if len(values) < self.capacity:
-            values.append(seconds)
-            return
-        self.counts[bucket] += 1
-        self.sums[bucket] += seconds
-        if seconds < self.lows[bucket]:
-            self.lows[bucket] = seconds
-        if seconds > self.highs[bucket]:
-            self.highs[bucket] = seconds
+    def __init__(self, values: list[float], zeros: int, counts: list[int], sums: list[float]):
+        self.values = values
+        self.zeros = zeros
+        self.counts = counts
+        self.sums = sums
 
     def __len__(self) -> int:
         return len(self.values) + self.zeros + sum(self.counts)
 
-    def take(self) -> PendingTimes:
-        """Everything pending, moved into a new object; this one starts empty."""
-        taken = PendingTimes(self.capacity)
-        taken.values, self.values = self.values, taken.values
-        taken.zeros, self.zeros = self.zeros, 0
-        taken.counts, self.counts = self.counts, taken.counts
-        taken.sums, self.sums = self.sums, taken.sums
-        taken.lows, self.lows = self.lows, taken.lows
-        taken.highs, self.highs = self.highs, taken.highs
-        return taken
-
     def replay(self) -> Iterator[float]:
-        """One value per observation: the kept ones, the zeros, then per bucket its
-        smallest, its largest and the rest at their mean (kept inside the two)."""
+        """One value per observation: the kept ones, the zeros, then each bucket's
+        others at their mean (kept inside the bucket's bounds against rounding)."""
         yield from self.values
         for _ in range(self.zeros):
             yield 0.0
         for bucket, n in enumerate(self.counts):
-            if not n:
+            if n <= 0:
                 continue
-            low, high = self.lows[bucket], self.highs[bucket]
-            yield low
-            if n == 1:
-                continue
-            yield high
-            if n > 2:
-                mean = min(high, max(low, (self.sums[bucket] - low - high) / (n - 2)))
-                for _ in range(n - 2):
-                    yield mean
+            mean = max(0.0, self.sums[bucket] / n)
+            if bucket < len(BUCKETS):
+                mean = min(mean, BUCKETS[bucket])
+            if bucket > 0 and mean <= BUCKETS[bucket - 1]:
+                mean = math.nextafter(BUCKETS[bucket - 1], math.inf)
+            for _ in range(n):
+                yield mean
+
+
+class PendingTimes:
+    """A ``TimingHistogram``'s observations not yet handed to a slower consumer (an
+    OpenTelemetry histogram's ``record()``, called at collection time), in bounded
+    memory whether or not anything ever collects them.
+
+    The first ``capacity`` observations after each ``take()`` are kept as they were
+    (the pool's hook appends them to ``values``); the others cost nothing more on
+    the hot path: ``take()`` finds them as what the histogram counted since the
+    last take, minus the kept ones, per bucket (number and sum). ``zeros``:
+    observations of 0 s known only as a number (acquires served at once).
+    """
+
+    __slots__ = ("_histogram", "_seen_counts", "_seen_sums", "capacity", "values", "zeros")
+
+    def __init__(self, histogram: TimingHistogram, capacity: int | None = None) -> None:
+        self.capacity = PENDING_CAPACITY if capacity is None else capacity
+        self.values: list[float] = []
+        self.zeros = 0
+        self._histogram = histogram
+        self._seen_counts = list(histogram.counts)
+        self._seen_sums = list(histogram.sums)
+
+    def add(self, seconds: float) -> None:
+        """Keep one observation the histogram also counted, if there is room."""
+        if len(self.values) < self.capacity:
+            self.values.append(seconds)
+
+    def take(self) -> Pending:
+        """Everything observed since the last take; this starts over empty."""
+        histogram = self._histogram
+        counts = [now - seen for now, seen in zip(histogram.counts, self._seen_counts, strict=True)]
+        sums = [now - seen for now, seen in zip(histogram.sums, self._seen_sums, strict=True)]
+        values, self.values = self.values, []
+        for seconds in values:
+            bucket = bisect_left(BUCKETS, seconds)
+            counts[bucket] -= 1
+            sums[bucket] -= seconds
+        self._seen_counts = list(histogram.counts)
+        self._seen_sums = list(histogram.sums)
+        zeros, self.zeros = self.zeros, 0
+        return Pending(values, zeros, counts, sums)
 
 
 class PoolTiming:
@@ -177,9 +196,9 @@ class PoolTiming:
         which exporters derive from the pool's counts instead)."""
         self._leased[link] = now
         if waited is not None:
-            bucket = self.wait.observe(waited)
+            self.wait.observe(waited)
             for pending in self.wait_pending:
-                pending.add(waited, bucket)
+                pending.add(waited)
 
     def released(self, link: object, now: float) -> None:
         started = self._leased.pop(link, None)
@@ -188,19 +207,20 @@ class PoolTiming:
             use = self.use  # observe() inlined: this runs on every release
             bucket = bisect_left(BUCKETS, seconds)
             use.counts[bucket] += 1
-            use.sum += seconds
-            use.count += 1
-            for pending in self.use_pending:
-                pending.add(seconds, bucket)
+            use.sums[bucket] += seconds
+            for pending in self.use_pending:  # add() inlined
+                values = pending.values
+                if len(values) < pending.capacity:
+                    values.append(seconds)
 
     def forget(self, link: object) -> None:
         """The lease ended without a release (closed under its lessee, pool closed)."""
         self._leased.pop(link, None)
 
     def created(self, seconds: float) -> None:
-        bucket = self.create.observe(seconds)
+        self.create.observe(seconds)
         for pending in self.create_pending:
-            pending.add(seconds, bucket)
+            pending.add(seconds)
 
     def clear(self) -> None:
         """The pool closed: no lease is open any more (pending observations stay)."""
