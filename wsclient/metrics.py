@@ -412,8 +412,11 @@ class Instrumentation:
                 record(seconds)
 
     def close(self) -> None:
-        """Stop observing (call it on the pool's loop). What is pending is recorded
-        at the next collection; the gauges stop reporting."""
+        """Stop observing (from any thread: done on the pool's loop). What is pending
+        is recorded at the next collection, once; the gauges stop reporting."""
+        on_loop(self._pool, self._close, self._timeout)
+
+    def _close(self) -> None:
         if self.active:
             self._closed_with = self._take()
             self.active = False
