@@ -18,7 +18,8 @@ from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.parser import text_string_to_metric_families
 
 from wsclient import AcquireTimeoutError, Backend, WebSocketPool
-from wsclient.metrics import PrometheusCollector, instrument, on_loop
+from wsclient.loop_bridge import on_loop
+from wsclient.metrics import PrometheusCollector, instrument
 from wsclient.testing import BackendProcess, BackendServer
 
 from .conftest import FAST, PoolFactory, until

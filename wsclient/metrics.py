@@ -34,14 +34,13 @@ rather than read half-updated state).
 
 from __future__ import annotations
 
-import concurrent.futures
 import functools
-import threading
 from collections.abc import Callable, Iterable, Iterator
-from typing import TYPE_CHECKING, Literal, NamedTuple, TypeVar
+from typing import TYPE_CHECKING, Literal, NamedTuple
 
 from wsclient.backend import BackendHealth
 from wsclient.breaker import BreakerState
+from wsclient.loop_bridge import on_loop
 from wsclient.pool import WebSocketPool
 from wsclient.stats import BackendStats, PoolStats
 from wsclient.timing import BUCKETS, Pending, PendingTimes, PoolTiming, TimingHistogram
@@ -53,7 +52,6 @@ if TYPE_CHECKING:
 __all__ = ["Instrumentation", "PrometheusCollector", "instrument"]
 
 _BREAKER_STATES: tuple[BreakerState, ...] = ("closed", "open", "half-open")
-_T = TypeVar("_T")
 _OUTCOMES = ("immediate", "waited", "timeout", "no_backend", "cancelled", "closed")
 
 
@@ -64,41 +62,6 @@ class _Snapshot(NamedTuple):
 
 def _missing(package: str) -> ImportError:
     return ImportError(f"wsclient.metrics needs {package}: pip install 'wsclient[metrics]'")
-
-
-def on_loop(pool: WebSocketPool, fn: Callable[[], _T], timeout: float = 2.0) -> _T:
-    """``fn()`` on the pool's own loop: at once when called from that loop's thread or
-    when the loop is not running, otherwise through ``call_soon_threadsafe``, waited
-    for at most ``timeout`` seconds. When that runs out, ``fn`` either never runs
-    (``TimeoutError``) or is running now and its result is still returned: what it
-    takes from the pool is never dropped on the floor."""
-    loop = pool._loop
-    if (
-        loop is None
-        or loop.is_closed()
-        or not loop.is_running()
-        or threading.get_ident() == pool._thread
-    ):
-        return fn()
-    future: concurrent.futures.Future[_T] = concurrent.futures.Future()
-
-    def run() -> None:
-        if not future.set_running_or_notify_cancel():
-            return  # the caller gave up before the loop got here
-        try:
-            future.set_result(fn())
-        except BaseException as exc:  # handed to the calling thread
-            future.set_exception(exc)
-
-    loop.call_soon_threadsafe(run)
-    try:
-        return future.result(timeout)
-    except concurrent.futures.TimeoutError:
-        if not future.cancel():  # started meanwhile: a few operations from done
-            return future.result(timeout)
-        raise TimeoutError(
-            f"wsclient.metrics: the pool's event loop did not answer within {timeout} s"
-        ) from None
 
 
 def snapshot(pool: WebSocketPool, timeout: float = 2.0) -> _Snapshot:
