@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import threading
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.parser import text_string_to_metric_families
 
 from wsclient import AcquireTimeoutError, Backend, WebSocketPool
+from wsclient.loop_bridge import on_loop
 from wsclient.metrics import PrometheusCollector, instrument
 from wsclient.testing import BackendProcess, BackendServer
 
@@ -250,3 +252,106 @@ async def test_opentelemetry_per_lease_false_records_only_slow_path_times(
     assert "wsclient.connection.use_time" not in found
     assert by_attrs(found, "wsclient.acquires", outcome="immediate").value == 2
     provider.shutdown()
+
+
+def histogram_points(reader: InMemoryMetricReader) -> dict[str, HistogramDataPoint]:
+    found = points(reader)
+    return {kind: by_attrs(found, f"wsclient.connection.{kind}_time") for kind in ("wait", "use")}
+
+
+async def test_opentelemetry_histograms_hold_every_lease_once(
+    servers: list[BackendServer], make_pool: PoolFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Recorded at collection time from the bounded buffers (made tiny here, so most
+    observations overflow into its buckets): collected from another thread, by two
+    readers, across the pool's close, each histogram's count, sum and buckets equal
+    the pool's own timings: nothing lost, nothing counted twice."""
+    monkeypatch.setattr("wsclient.timing.PENDING_CAPACITY", 3)
+    first, second = InMemoryMetricReader(), InMemoryMetricReader()
+    provider = MeterProvider(metric_readers=[first, second])
+    pool = await make_pool(servers[:1], min_connections=0, max_connections=1)
+    instrument(pool, provider, pool_name="orders")
+    timing = pool._timing
+    assert timing is not None and len(timing.use_pending) == 1
+
+    async def leases(n: int) -> None:
+        for _ in range(n):
+            async with pool.acquire():
+                pass
+
+    def check(seen: dict[str, HistogramDataPoint]) -> None:
+        assert timing is not None
+        immediate = pool.stats().acquires.immediate  # zero waits, counted by the pool
+        assert seen["wait"].count == timing.wait.count + immediate
+        assert seen["wait"].sum == pytest.approx(timing.wait.sum, rel=1e-9, abs=1e-12)
+        assert seen["use"].count == timing.use.count
+        assert seen["use"].sum == pytest.approx(timing.use.sum, rel=1e-9)
+        assert list(seen["use"].bucket_counts) == timing.use.counts
+
+    await leases(20)  # the first waits for its connection, the others find it idle
+    # A periodic reader collects from its own thread: the buffers are taken on the loop.
+    check(await asyncio.to_thread(histogram_points, first))
+    assert timing.use.count == 20 and timing.use_pending[0].values == []
+    await leases(7)
+    check(histogram_points(second))  # has the first flush too, recorded into every reader
+    check(histogram_points(first))
+    await leases(5)
+    await pool.close()
+    check(histogram_points(first))  # leases before the pool closed still arrive
+    check(histogram_points(second))
+    assert histogram_points(first)["use"].count == 32
+    provider.shutdown()
+
+
+async def test_closed_instrumentation_records_what_was_pending_then_nothing(
+    servers: list[BackendServer], make_pool: PoolFactory
+) -> None:
+    """close() detaches the buffers from the pool (its hooks stop feeding them); what
+    they held is recorded at the next collection, once."""
+    reader = InMemoryMetricReader()
+    provider = MeterProvider(metric_readers=[reader])
+    pool = await make_pool(servers[:1], min_connections=1)
+    await until(lambda: pool.stats().connections.idle == 1)
+    handle = instrument(pool, provider)
+    for _ in range(4):
+        async with pool.acquire():
+            pass
+    handle.close()
+    timing = pool._timing
+    assert timing is not None and timing.use_pending == timing.wait_pending == []
+    for _ in range(3):
+        async with pool.acquire():
+            pass
+    for _ in range(2):  # the second collection finds nothing new
+        seen = histogram_points(reader)
+        assert seen["use"].count == 4 and seen["wait"].count == 4  # four at once: 0 s
+        assert seen["wait"].sum == 0
+    provider.shutdown()
+
+
+async def test_on_loop_gives_up_without_taking_anything(
+    servers: list[BackendServer], make_pool: PoolFactory
+) -> None:
+    """A collection that times out waiting for a blocked loop leaves the buffers alone:
+    the call it queued does not run once the loop is free (so nothing taken is lost)."""
+    pool = await make_pool(servers[:1], min_connections=0)
+    ran: list[str] = []
+    outcome: list[BaseException] = []
+    gave_up = threading.Event()
+
+    def collect() -> None:
+        try:
+            on_loop(pool, lambda: ran.append("taken"), timeout=0.05)
+        except TimeoutError as exc:
+            outcome.append(exc)
+        finally:
+            gave_up.set()
+
+    thread = threading.Thread(target=collect)
+    thread.start()
+    assert gave_up.wait(5)  # blocks this loop on purpose, until the collector gave up
+    thread.join(5)
+    for _ in range(3):
+        await asyncio.sleep(0)  # the queued call gets its turn
+    assert ran == [] and len(outcome) == 1 and "did not answer within 0.05 s" in str(outcome[0])
+    assert await asyncio.to_thread(on_loop, pool, lambda: "answered", 5.0) == "answered"

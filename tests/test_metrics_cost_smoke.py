@@ -32,4 +32,5 @@ def test_metrics_cost_smoke(tmp_path: Path) -> None:
     assert len(res["rounds_ns_per_pair"]["off"]) == 3
     assert set(res["meets_target"]) == set(arms[2:])
     assert res["disabled_hook_check_ns"] >= 0 and res["families_scraped"] > 10
+    assert res["collection"]["with_round_pending_ns_per_pair"] > 0
     assert "prometheus" in proc.stdout and "vs off" in proc.stdout

@@ -9,9 +9,12 @@ Both exporters read the counts the pool keeps anyway (``pool.stats()``,
 hot path. The three time histograms (wait, use, create) need one observation
 per event: instrumenting a pool turns its timing on (``wsclient.timing``), a
 bisect into fixed buckets per acquire and per release. Prometheus reads those
-buckets at scrape time. OpenTelemetry has no asynchronous histogram, so its
-three histograms are recorded per event and cost what the SDK's ``record()``
-costs (``make bench`` measures both).
+buckets at scrape time. OpenTelemetry has no asynchronous histogram, and its
+SDK's ``record()`` costs microseconds, so ``instrument()`` keeps that off the
+hot path too: the pool's hooks append each observation to a bounded buffer
+(``PendingTimes``) and a callback of one observable instrument, which the SDK
+runs at the start of every collection, records the buffer into the
+synchronous histograms (``make bench`` measures both halves).
 
 Names follow the OpenTelemetry connection-pool conventions
 (``db.client.connection.*``, with ``wsclient`` for ``db.client``); each
@@ -31,17 +34,16 @@ rather than read half-updated state).
 
 from __future__ import annotations
 
-import concurrent.futures
 import functools
-import threading
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Literal, NamedTuple
 
 from wsclient.backend import BackendHealth
 from wsclient.breaker import BreakerState
+from wsclient.loop_bridge import on_loop
 from wsclient.pool import WebSocketPool
 from wsclient.stats import BackendStats, PoolStats
-from wsclient.timing import BUCKETS, PoolTiming, TimingHistogram
+from wsclient.timing import BUCKETS, Pending, PendingTimes, PoolTiming, TimingHistogram
 
 if TYPE_CHECKING:
     from opentelemetry.metrics import CallbackOptions, MeterProvider, Observation
@@ -64,29 +66,7 @@ def _missing(package: str) -> ImportError:
 
 def snapshot(pool: WebSocketPool, timeout: float = 2.0) -> _Snapshot:
     """``pool.stats()`` and ``pool.health_status()``, taken on the pool's own loop."""
-    loop = pool._loop
-    if (
-        loop is None
-        or loop.is_closed()
-        or not loop.is_running()
-        or threading.get_ident() == pool._thread
-    ):
-        return _Snapshot(pool.stats(), pool.health_status())
-    future: concurrent.futures.Future[_Snapshot] = concurrent.futures.Future()
-
-    def take() -> None:
-        try:
-            future.set_result(_Snapshot(pool.stats(), pool.health_status()))
-        except BaseException as exc:  # handed to the scraping thread
-            future.set_exception(exc)
-
-    loop.call_soon_threadsafe(take)
-    try:
-        return future.result(timeout)
-    except concurrent.futures.TimeoutError:
-        raise TimeoutError(
-            f"wsclient.metrics: the pool's event loop did not answer within {timeout} s"
-        ) from None
+    return on_loop(pool, lambda: _Snapshot(pool.stats(), pool.health_status()), timeout)
 
 
 Rows = Iterable[tuple[float, dict[str, str]]]
@@ -338,35 +318,73 @@ class PrometheusCollector:
 
 
 class Instrumentation:
-    """What ``instrument()`` returns; ``close()`` stops reporting this pool."""
+    """What ``instrument()`` returns; ``close()`` stops reporting this pool.
 
-    def __init__(self, timing: PoolTiming, sinks: dict[str, Callable[[float], None]]) -> None:
+    The pool's hooks only append to one ``PendingTimes`` per histogram; ``flush()``
+    (run by a callback at each collection) takes them on the pool's loop and
+    records them into the SDK's histograms in the collecting thread.
+    """
+
+    def __init__(
+        self,
+        pool: WebSocketPool,
+        timing: PoolTiming,
+        records: dict[str, Callable[[float], None]],
+        *,
+        per_lease: bool,
+        snapshot_timeout: float,
+    ) -> None:
+        self._pool = pool
         self._timing = timing
-        self._sinks = sinks  # histogram kind ("instant" = zero waits) -> bound record()
+        self._records = records  # histogram kind -> bound record()
+        self._per_lease = per_lease
+        self._timeout = snapshot_timeout
+        self._pending = {kind: PendingTimes(getattr(timing, kind)) for kind in records}
+        self._immediate_seen = pool.stats().acquires.immediate
+        self._lists = {
+            "wait": timing.wait_pending,
+            "use": timing.use_pending,
+            "create": timing.create_pending,
+        }
+        for kind, pending in self._pending.items():
+            self._lists[kind].append(pending)
+        self._closed_with: dict[str, Pending] = {}
         self.active = True
-        self._attach(True)
 
-    def _attach(self, attach: bool) -> None:
-        timing = self._timing
-        for kind, receivers in (
-            ("instant", timing.instant_sinks),
-            ("wait", timing.wait_sinks),
-            ("use", timing.use_sinks),
-            ("create", timing.create_sinks),
-        ):
-            sink = self._sinks.get(kind)
-            if sink is None:
-                continue
-            if attach:
-                receivers.append(sink)
-            elif sink in receivers:
-                receivers.remove(sink)
+    def _count_immediates(self) -> None:
+        """Acquires served at once since the last look: zero waits (pool's loop only)."""
+        immediate = self._pool.stats().acquires.immediate
+        if self._per_lease:
+            self._pending["wait"].zeros += max(0, immediate - self._immediate_seen)
+        self._immediate_seen = immediate
+
+    def _take(self) -> dict[str, Pending]:
+        """Everything pending, per histogram (on the pool's loop)."""
+        if not self.active:  # what close() took, handed out once
+            taken, self._closed_with = self._closed_with, {}
+            return taken
+        self._count_immediates()
+        return {kind: pending.take() for kind, pending in self._pending.items()}
+
+    def flush(self) -> None:
+        """Record what is pending (from any thread; called at each collection)."""
+        taken = on_loop(self._pool, self._take, self._timeout)
+        for kind, pending in taken.items():
+            record = self._records[kind]
+            for seconds in pending.replay():
+                record(seconds)
 
     def close(self) -> None:
-        """Stop recording and observing (the instruments stay registered, empty)."""
+        """Stop observing (from any thread: done on the pool's loop). What is pending
+        is recorded at the next collection, once; the gauges stop reporting."""
+        on_loop(self._pool, self._close, self._timeout)
+
+    def _close(self) -> None:
         if self.active:
+            self._closed_with = self._take()
             self.active = False
-            self._attach(False)
+            for kind, pending in self._pending.items():
+                self._lists[kind].remove(pending)
 
 
 def instrument(
@@ -380,9 +398,11 @@ def instrument(
     """Report ``pool`` through OpenTelemetry instruments (the global meter provider
     unless one is given). Returns a handle whose ``close()`` stops it.
 
+    The three histograms are recorded at collection time: each observation waits
+    in a bounded buffer until the next collection (README "Operating").
     ``per_lease=False`` records no use time and no wait time for acquires served
-    at once: with the SDK each ``record()`` costs microseconds, which this keeps
-    off the hot path (waits that waited and connect times are still recorded).
+    at once (fewer ``record()`` calls per collection; waits that waited and
+    connect times are still recorded).
     """
     try:
         from opentelemetry import metrics as otel
@@ -403,16 +423,20 @@ def instrument(
         )
         for kind, doc in _HISTOGRAMS
     }
-    # Bound ``record`` methods with the attributes fixed: no Python frame of ours
-    # between the pool's hook and the SDK.
-    sinks: dict[str, Callable[[float], None]] = {
-        kind: functools.partial(h.record, attributes=base) for kind, h in histograms.items()
+    records: dict[str, Callable[[float], None]] = {
+        kind: functools.partial(h.record, attributes=base)
+        for kind, h in histograms.items()
+        if per_lease or kind != "use"
     }
-    if per_lease:
-        sinks["instant"] = sinks["wait"]
-    else:
-        del sinks["use"]
-    handle = Instrumentation(timing, sinks)
+    handle = Instrumentation(
+        pool, timing, records, per_lease=per_lease, snapshot_timeout=snapshot_timeout
+    )
+
+    def flush(options: CallbackOptions) -> Iterable[Observation]:
+        # An observable instrument's callback runs at every collection, before the
+        # SDK reads its storage: what it records lands in this collection.
+        handle.flush()
+        return []
 
     def callback(series: _Series) -> Callable[[CallbackOptions], Iterable[Observation]]:
         def observe(options: CallbackOptions) -> Iterable[Observation]:
@@ -431,10 +455,9 @@ def instrument(
         "updown": meter.create_observable_up_down_counter,
         "gauge": meter.create_observable_gauge,
     }
-    for series in _SERIES:
-        create[series.kind](
-            series.name, [callback(series)], unit=series.unit, description=series.doc
-        )
+    for i, series in enumerate(_SERIES):
+        callbacks = [callback(series)] + ([flush] if i == 0 else [])
+        create[series.kind](series.name, callbacks, unit=series.unit, description=series.doc)
     return handle
 
 
