@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import logging
 import threading
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -227,7 +228,15 @@ async def test_operating_example_runs(capsys: pytest.CaptureFixture[str]) -> Non
     assert spec is not None and spec.loader is not None
     operating = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(operating)
-    await operating.main()
+    # The example configures the wsclient logger as a program would; run in this
+    # process, that must not outlive the test (later tests capture DEBUG records).
+    wsclient_logger = logging.getLogger("wsclient")
+    level, handlers = wsclient_logger.level, list(wsclient_logger.handlers)
+    try:
+        await operating.main()
+    finally:
+        wsclient_logger.setLevel(level)
+        wsclient_logger.handlers[:] = handlers
     out = capsys.readouterr().out
     assert 'wsclient_connections{backend="a",pool="orders",state="idle"} 2.0' in out, out
     assert 'wsclient_acquires_total{outcome="immediate",pool="orders"} 30.0' in out, out

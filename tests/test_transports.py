@@ -207,6 +207,7 @@ async def test_no_log_record_at_any_level_carries_a_credential(
 ) -> None:
     """picows writes the upgrade request at its level 9: that record must never exist."""
     caplog.set_level(1)
+    caplog.set_level(1, logger="wsclient")
     async with BackendServer() as server:
         conn = await connect(server.url + "?token=q-s3cret", transport=transport, auth="b-s3cret")
         try:
