@@ -305,7 +305,9 @@ class PoolCoreMachine(RuleBasedStateMachine):
 
     # ------------------------------------------------------------ acquire
 
-    def _acquire(self, key: str | None, pinned_id: str | None) -> WaiterInfo | None:
+    def _acquire(
+        self, key: str | None, pinned_id: str | None, *, fast: bool = False
+    ) -> WaiterInfo | None:
         core = self.core
         now = self.clock.now
         requires_key = self.strategy == "ip-hash" and pinned_id is None
@@ -314,6 +316,20 @@ class PoolCoreMachine(RuleBasedStateMachine):
             hopeless = pinned_b is None or not core.serviceable(pinned_b)
         else:
             hopeless = not any(b.in_rotation for b in core.backends.values())
+        if fast and pinned_id is None:
+            # The shell's hot path: take() first, acquire() (in the same step) on a miss.
+            taken = core.take(key, now)
+            assert not core.effects, "take() has no effects"
+            if taken is not None:
+                assert not (requires_key and key is None), "ip-hash took without a key"
+                assert not hopeless, "took with no eligible backend"
+                assert taken.state is SlotState.LEASED
+                assert taken not in self.held, "took a link that is already leased"
+                self._check_fifo(taken.backend, self.arrivals)
+                self._check_usable(taken)
+                self.held[taken] = None
+                self.stats.hands[taken.backend.id] += 1
+                return None
         try:
             result = core.acquire(key, pinned_id, now)
         except ValueError:
@@ -351,7 +367,7 @@ class PoolCoreMachine(RuleBasedStateMachine):
 
     @precondition(lambda self: self.running)
     @rule(
-        how=st.sampled_from(["plain", "plain", "pinned", "cancelled"]),
+        how=st.sampled_from(["plain", "fast", "fast", "pinned", "cancelled"]),
         key=st.sampled_from((None, *KEYS)),
         index=st.integers(0, 9),
     )
@@ -363,7 +379,7 @@ class PoolCoreMachine(RuleBasedStateMachine):
         if how == "pinned" and live:
             self._acquire(None, live[index % len(live)].id)
             return
-        info = self._acquire(key, None)
+        info = self._acquire(key, None, fast=how == "fast")
         if how == "cancelled" and info is not None and info.live:
             self.core.cancel(info.waiter)
             info.state = "cancelled"
@@ -389,13 +405,39 @@ class PoolCoreMachine(RuleBasedStateMachine):
     # ------------------------------------------------------------ leases
 
     @precondition(lambda self: self.held)
-    @rule(index=st.integers(0, 99), reusable=st.booleans())
-    def release(self, index: int, reusable: bool) -> None:
+    @rule(index=st.integers(0, 99), reusable=st.booleans(), fast=st.booleans())
+    def release(self, index: int, reusable: bool, fast: bool) -> None:
         slot = list(self.held)[index % len(self.held)]
         del self.held[slot]
+        if fast and reusable and slot.link.ok:
+            # The shell's hot path: give_back() parks it, or release() decides.
+            if self.core.give_back(slot, self.clock.now):
+                assert not self.core.effects, "give_back() has no effects"
+                assert slot.state is SlotState.IDLE
+                return
         self.core.release(slot, reusable and slot.link.ok, self.clock.now)
         self._run()
         assert slot.state is not SlotState.LEASED or slot in self.held
+
+    @precondition(lambda self: self.running)
+    @rule(n=st.integers(1, 5), key=st.sampled_from((None, *KEYS)))
+    def hot_cycles(self, n: int, key: str | None) -> None:
+        """Lease-and-park cycles with nothing in between, as a tight loop of
+        ``await acquire(); release()`` does: the second and later give_back()
+        calls run at an unchanged epoch, so they skip their checks."""
+        if self.strategy != "ip-hash":
+            key = None
+        for _ in range(n):
+            info = self._acquire(key, None, fast=True)
+            if info is not None or not self.held:
+                return  # it queued (or failed): not the hot path any more
+            slot = next(reversed(self.held))
+            del self.held[slot]
+            if not self.core.give_back(slot, self.clock.now):
+                self.core.release(slot, slot.link.ok, self.clock.now)
+                self._run()
+                return
+            assert not self.core.effects, "give_back() has no effects"
 
     # ------------------------------------------------------------ connect attempts
 
@@ -802,6 +844,10 @@ class SteadyShell:
         self.handouts[slot.backend.id] += 1
 
     def acquire(self) -> None:
+        taken = self.core.take(None, self.clock.now)  # the shell's hot path first
+        if taken is not None:
+            self._leased(taken)
+            return
         result = self.core.acquire(None, None, self.clock.now)
         if isinstance(result, Slot):
             self._leased(result)
@@ -813,7 +859,9 @@ class SteadyShell:
         """``n`` releases, each followed by that acquirer's next acquire; hand-outs counted."""
         self.handouts.clear()
         for _ in range(n):
-            self.core.release(self.leases.popleft(), True, self.clock.now)
+            slot = self.leases.popleft()
+            if not self.core.give_back(slot, self.clock.now):
+                self.core.release(slot, True, self.clock.now)
             self.run()
             self.acquire()
             self.core.check_invariants()

@@ -454,8 +454,48 @@ class PoolCore(Generic[L]):
                 b.leases += 1
                 self.leased_total += 1
                 return slot
+        elif key is None and self.idle_total and self._lends(b, now):
+            # Every link of the pick is leased and acquire() would borrow an idle
+            # one elsewhere rather than grow the pool on it: borrow here, without
+            # the coroutine. Under steady load with as many links as workers this
+            # is most acquires (the pick's links are the ones in use).
+            lent = self._borrow(now)
+            if lent is not None:
+                return lent
         self._last_pick = b
         return None
+
+    def _lends(self, b: CoreBackend, now: float) -> bool:
+        """``acquire()``'s rule for an unpinned pick with no idle link: True when it
+        borrows an idle link of another backend instead of opening on ``b``."""
+        if self.capacity() > 0:
+            return not b.may_open(now) or not self._under_share(b)
+        return not (self._under_target(b) and b.may_open(now))
+
+    def _borrow(self, now: float) -> Slot[L] | None:
+        """``_take_any_idle`` for the hot path: the in-rotation backend with the most
+        idle links lends its newest, if valid (else None: the slow path retires it).
+        No pruning: the holders are at most the backends that have idle links."""
+        best: CoreBackend | None = None
+        most = 0
+        for o in self._holders.values():
+            n = len(o.idle)
+            if n > most and o.in_rotation:
+                best, most = o, n
+        if best is None:
+            return None
+        idle = best.idle
+        slot: Slot[L] = idle[-1]
+        if (
+            slot.generation != self.generation
+            or (slot.expires_at is not None and now >= slot.expires_at)
+            or (self._link_ok is not None and not self._link_ok(slot.link))
+        ):
+            return None
+        idle.pop()
+        self.idle_total -= 1
+        self._lease(slot)
+        return slot
 
     def give_back(self, slot: Slot[L], now: float) -> bool:
         """The hot path of ``release``: park a reusable slot when nobody waits for it.
