@@ -409,12 +409,11 @@ class PoolCoreMachine(RuleBasedStateMachine):
     def release(self, index: int, reusable: bool, fast: bool) -> None:
         slot = list(self.held)[index % len(self.held)]
         del self.held[slot]
-        if fast and reusable and slot.link.ok:
-            # The shell's hot path: give_back() parks it, or release() decides.
-            if self.core.give_back(slot, self.clock.now):
-                assert not self.core.effects, "give_back() has no effects"
-                assert slot.state is SlotState.IDLE
-                return
+        # The shell's hot path: give_back() parks it, or release() decides.
+        if fast and reusable and slot.link.ok and self.core.give_back(slot, self.clock.now):
+            assert not self.core.effects, "give_back() has no effects"
+            assert slot.state is SlotState.IDLE
+            return
         self.core.release(slot, reusable and slot.link.ok, self.clock.now)
         self._run()
         assert slot.state is not SlotState.LEASED or slot in self.held
