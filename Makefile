@@ -23,9 +23,9 @@ test: $(STAMP)
 	$(PY) -m pytest -q
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check wsclient tests examples benchmarks
-	$(VENV)/bin/ruff format --check wsclient tests examples benchmarks
-	$(VENV)/bin/mypy wsclient tests examples benchmarks
+	$(VENV)/bin/ruff check wsclient tests examples benchmarks tools
+	$(VENV)/bin/ruff format --check wsclient tests examples benchmarks tools
+	$(VENV)/bin/mypy wsclient tests examples benchmarks tools
 	$(VENV)/bin/lint-imports
 
 $(DOCS_STAMP): $(STAMP)
