@@ -26,6 +26,7 @@ from wsclient.config import TransportName
 from wsclient.options import HeartbeatOptions
 from wsclient.testing import BackendServer
 from wsclient.testing.peers import NeverReadingPeer, PingFloodingPeer
+from wsclient.transports.aiohttp import AiohttpTransport
 from wsclient.transports.base import PONG_BUFFER_LIMIT
 
 from .conftest import FAST, until
@@ -163,6 +164,18 @@ async def test_an_idle_pooled_link_is_watched_without_a_task_per_message(
             assert len(asyncio.all_tasks()) <= before
         finally:
             await pool.close(timeout=1)
+
+
+async def test_aiohttp_transport_closed_is_aiohttp_s_own_flag() -> None:
+    """The transport reads aiohttp's private flag (one call less per release):
+    it must say what aiohttp's public ``closed`` says, open and closed."""
+    async with BackendServer() as server:
+        conn = await connect(server.url, transport="aiohttp")
+        transport = conn._checked().transport
+        assert isinstance(transport, AiohttpTransport)
+        assert transport.closed is transport.ws.closed is False
+        await conn.close()
+        assert transport.closed is transport.ws.closed is True
 
 
 async def test_connection_reports_its_transport(transport: TransportName) -> None:

@@ -100,6 +100,7 @@ _LEASED, _CLOSING = SlotState.LEASED, SlotState.CLOSING
 _get_running_loop = asyncio.get_running_loop
 _monotonic = time.monotonic
 _get_ident = threading.get_ident
+_new_context = object.__new__
 
 
 # How each backend transition reads in the log (the event name is in ``extra``).
@@ -183,7 +184,10 @@ class _AcquireContext(Coroutine[Any, Any, Connection]):
                     link._idle = False
                     if pool._timing is not None:
                         pool._timing.leased(link, now)
-                    conn = self._conn = Connection(link)
+                    # Connection(link) without its __init__ frame (two stores).
+                    conn = self._conn = _new_context(Connection)
+                    conn._link = link
+                    conn._release_hint = ""
                     return conn
                 tried = True  # its pick is remembered by the core for the slow path
         return (yield from self._coroutine(tried=tried).__await__())
@@ -690,7 +694,15 @@ class WebSocketPool(EventSource):
         ``timeout`` overrides ``acquire_timeout``; zero or less means "only a
         connection that is free now".
         """
-        return _AcquireContext(self, key, timeout, None)
+        # The constructor's body, inline: one Python frame less per acquire.
+        context = _new_context(_AcquireContext)
+        context._pool = self
+        context._key = key
+        context._timeout = timeout
+        context._pinned = None
+        context._conn = None
+        context._coro = None
+        return context
 
     def _check_caller(self) -> None:
         if threading.get_ident() != self._thread:

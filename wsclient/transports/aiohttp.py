@@ -123,7 +123,9 @@ class AiohttpTransport:
 
     @property
     def closed(self) -> bool:
-        return self.ws.closed
+        # aiohttp's own flag, read directly: its ``closed`` property would be a
+        # second call on every release (tests/test_transports.py checks the two agree).
+        return self.ws._closed
 
     @property
     def protocol(self) -> str | None:
