@@ -129,20 +129,23 @@ class _Lane:
     targets stay in place as ``None``, until the cursor reaches them.
 
     Member ``j`` is ``members[j]`` (the target itself, so a pick returns it
-    without reading anything else) and ``slots[2j]``, ``slots[2j + 1]``: its
-    first deadline and how often it has been picked, as C doubles side by
-    side in one array. A pick reads and writes those and the next member's,
+    without reading anything else), ``bases[j]``, its first deadline, and
+    ``picks[j]``, how often it has been picked since, the last two as C
+    doubles in arrays. A pick reads and writes those and the next member's,
     neighbours in memory, instead of two objects and their number objects
     scattered over the heap; its deadline is ``base + picks * period``,
     recomputed exactly as one object would, so the order is unchanged.
     """
 
-    __slots__ = ("dead", "gen", "head", "live", "members", "period", "slots")
+    __slots__ = ("bases", "dead", "gen", "head", "live", "members", "period", "picks")
 
     def __init__(self, period: float) -> None:
         self.period = period
         self.members: list[Target | None] = []
-        self.slots = array("d")
+        self.bases = array("d")
+        # Whole numbers, exact in a double up to 2**53: the same deadline as
+        # base + int(picks) * period.
+        self.picks = array("d")
         self.head = 0
         self.live = 0
         self.dead = 0
@@ -150,10 +153,7 @@ class _Lane:
         self.gen = 0
 
     def due_at(self, j: int) -> float:
-        slots = self.slots
-        # picks is a whole number held exactly in a double: the same value as
-        # base + int(picks) * period.
-        return slots[2 * j] + slots[2 * j + 1] * self.period
+        return self.bases[j] + self.picks[j] * self.period
 
     def _lower_bound(self, d: float, *, after_equal: bool) -> int:
         """Cyclic offset from ``head`` of the first deadline > ``d`` (>= unless after_equal)."""
@@ -179,7 +179,7 @@ class _Lane:
         # Equal deadlines: after the existing ones, so ties stay first come
         # first served.
         lo = self._lower_bound(s.base, after_equal=True)
-        # A list insert moves pointers with one memmove (and the array its
+        # A list insert moves pointers with one memmove (and each array its
         # doubles with another): linear in the lane's size in principle,
         # about a microsecond at 10,000 targets.
         j = head + lo
@@ -187,7 +187,8 @@ class _Lane:
             j -= m
             self.head = head + 1
         members.insert(j, s.target)
-        self.slots[2 * j : 2 * j] = array("d", (s.base, 0.0))
+        self.bases.insert(j, s.base)
+        self.picks.insert(j, 0.0)
         self.live += 1
         return lo == 0
 
@@ -221,22 +222,23 @@ class _Lane:
         # Not reached while the invariant above holds; kept so a float corner
         # case costs a scan rather than a wrong removal.
         for j, t in enumerate(members):
-            if t is target and self.slots[2 * j] == base:
+            if t is target and self.bases[j] == base:
                 return j
         raise LookupError(f"target {target.id!r} is not in its lane")
 
     def drop(self, j: int) -> None:
-        """Remove member ``j`` from both sequences."""
+        """Remove member ``j`` from all three sequences."""
         del self.members[j]
-        del self.slots[2 * j : 2 * j + 2]
+        del self.bases[j]
+        del self.picks[j]
 
     def compact(self) -> None:
-        members, slots = self.members, self.slots
+        members, bases, picks = self.members, self.bases, self.picks
         m = len(members)
         keep = [j % m for j in range(self.head, self.head + m) if members[j % m] is not None]
         self.members = [members[j] for j in keep]
-        pairs = (slots[2 * j : 2 * j + 2] for j in keep)
-        self.slots = array("d", itertools.chain.from_iterable(pairs))
+        self.bases = array("d", (bases[j] for j in keep))
+        self.picks = array("d", (picks[j] for j in keep))
         self.head = 0
         self.dead = 0
 
@@ -290,11 +292,14 @@ class WeightedRoundRobin(_Incremental):
             heapq.heapify(self._heap)
             self._stale = 0
 
-    def _retire(self, s: _Schedule) -> None:
+    def _retire(self, s: _Schedule) -> float:
+        """Take ``s`` out of the schedule; returns the deadline it had."""
         # Lazy deletion: the entry stays in its lane until the cursor reaches it.
         s.dead = True
         lane = s.lane
-        lane.members[lane.find(s)] = None
+        j = lane.find(s)
+        due = lane.due_at(j)
+        lane.members[j] = None
         lane.live -= 1
         lane.dead += 1
         if not lane.live:
@@ -308,6 +313,7 @@ class WeightedRoundRobin(_Incremental):
             lane.gen += 1
             self._stale += 1
             heapq.heappush(self._heap, (lane.due_at(0), next(self._seq), lane, lane.gen))
+        return due
 
     def _insert(self, target: Target, weight: float) -> None:
         period = 1.0 / _clamp(weight)
@@ -323,8 +329,7 @@ class WeightedRoundRobin(_Incremental):
         period = 1.0 / _clamp(weight)
         # Keep the fraction of the period still to run: a slow-start ramp that
         # reweights often then neither loses nor gains picks at each step.
-        left = min(max((old.due - self._now) / old.period, 0.0), 1.0)
-        self._retire(old)
+        left = min(max((self._retire(old) - self._now) / old.period, 0.0), 1.0)
         self._enqueue(target, self._now + left * period, period)
 
     def _clear(self) -> None:
@@ -344,26 +349,24 @@ class WeightedRoundRobin(_Incremental):
             members = lane.members
             head = lane.head
             target = members[head]
-            slots = lane.slots
+            picks = lane.picks
             if target is None:
                 # A live lane always has a live member, so this loop ends.
                 lane.drop(head)
                 lane.dead -= 1
                 if head == len(members):
                     lane.head = head = 0
-                i = 2 * head
-                due = slots[i] + slots[i + 1] * lane.period
+                due = lane.bases[head] + picks[head] * lane.period
                 heapq.heapreplace(heap, (due, next(self._seq), lane, gen))
                 continue
             self._now = deadline
             # One more pick: the member's deadline moves one period on.
-            slots[2 * head + 1] += 1.0
+            picks[head] += 1.0
             head += 1
             if head == len(members):
                 head = 0
             lane.head = head
-            i = 2 * head
-            due = slots[i] + slots[i + 1] * lane.period
+            due = lane.bases[head] + picks[head] * lane.period
             heapq.heapreplace(heap, (due, next(self._seq), lane, gen))
             return target
         raise LookupError(_NO_BACKEND)
