@@ -97,7 +97,7 @@ class RoundRobin(_Incremental):
 class _Schedule:
     """One target's membership in the EDF schedule: what stays fixed while it is picked.
 
-    Its changing part, the count of picks, lives in its lane's array (see
+    How often it has been picked follows from its lane's counters (see
     ``_Lane``), so a pick never touches this object: at 10,000 targets it
     would be a cache miss (and its floats and int three more) on every pick.
     """
@@ -130,22 +130,26 @@ class _Lane:
 
     Member ``j`` is ``members[j]`` (the target itself, so a pick returns it
     without reading anything else), ``bases[j]``, its first deadline, and
-    ``picks[j]``, how often it has been picked since, the last two as C
-    doubles in arrays. A pick reads and writes those and the next member's,
-    neighbours in memory, instead of two objects and their number objects
-    scattered over the heap; its deadline is ``base + picks * period``,
-    recomputed exactly as one object would, so the order is unchanged.
+    ``offsets[j]``, the last two in C arrays. The cursor passes every member
+    once per lap, so the count of picks since its first deadline is
+    ``laps - offsets[j]``, plus one if the cursor has passed it in this lap
+    (``j < head``); its deadline is ``base + picks * period``, computed
+    exactly as one record per target would, so the order is unchanged. A
+    pick moves the cursor and reads the next member's two numbers,
+    neighbours of the previous pick's in memory, instead of two records and
+    their number objects scattered over the heap, and writes nothing per
+    member.
     """
 
-    __slots__ = ("bases", "dead", "gen", "head", "live", "members", "period", "picks")
+    __slots__ = ("bases", "dead", "gen", "head", "laps", "live", "members", "offsets", "period")
 
     def __init__(self, period: float) -> None:
         self.period = period
         self.members: list[Target | None] = []
         self.bases = array("d")
-        # Whole numbers, exact in a double up to 2**53: the same deadline as
-        # base + int(picks) * period.
-        self.picks = array("d")
+        self.offsets = array("q")
+        # Times the cursor went from the last member back to the first.
+        self.laps = 0
         self.head = 0
         self.live = 0
         self.dead = 0
@@ -153,7 +157,8 @@ class _Lane:
         self.gen = 0
 
     def due_at(self, j: int) -> float:
-        return self.bases[j] + self.picks[j] * self.period
+        picks = self.laps - self.offsets[j] + (j < self.head)
+        return self.bases[j] + picks * self.period
 
     def _lower_bound(self, d: float, *, after_equal: bool) -> int:
         """Cyclic offset from ``head`` of the first deadline > ``d`` (>= unless after_equal)."""
@@ -183,12 +188,14 @@ class _Lane:
         # doubles with another): linear in the lane's size in principle,
         # about a microsecond at 10,000 targets.
         j = head + lo
-        if j >= m and head != 0:
+        passed = j >= m and head != 0
+        if passed:
+            # Before the cursor: counted as passed in this lap.
             j -= m
             self.head = head + 1
         members.insert(j, s.target)
         self.bases.insert(j, s.base)
-        self.picks.insert(j, 0.0)
+        self.offsets.insert(j, self.laps + passed)
         self.live += 1
         return lo == 0
 
@@ -209,7 +216,7 @@ class _Lane:
         for picks in (near, near + 1, near - 1, near + 2):
             if picks < 0:
                 continue
-            d = base + float(picks) * period
+            d = base + picks * period
             k = self._lower_bound(d, after_equal=False)
             while k < m:
                 j = head + k
@@ -226,19 +233,25 @@ class _Lane:
                 return j
         raise LookupError(f"target {target.id!r} is not in its lane")
 
-    def drop(self, j: int) -> None:
-        """Remove member ``j`` from all three sequences."""
-        del self.members[j]
-        del self.bases[j]
-        del self.picks[j]
+    def drop_head(self) -> None:
+        """Remove the (dead) member at the cursor; the cursor moves to the next one."""
+        head = self.head
+        del self.members[head]
+        del self.bases[head]
+        del self.offsets[head]
+        if head == len(self.members):
+            self.head = 0
+            self.laps += 1
 
     def compact(self) -> None:
-        members, bases, picks = self.members, self.bases, self.picks
+        members, bases, offsets, head = self.members, self.bases, self.offsets, self.head
         m = len(members)
-        keep = [j % m for j in range(self.head, self.head + m) if members[j % m] is not None]
+        keep = [j % m for j in range(head, head + m) if members[j % m] is not None]
         self.members = [members[j] for j in keep]
         self.bases = array("d", (bases[j] for j in keep))
-        self.picks = array("d", (picks[j] for j in keep))
+        # With the cursor back at 0 no member counts as passed in this lap:
+        # those that were carry their pick in the offset instead.
+        self.offsets = array("q", (offsets[j] - (j < head) for j in keep))
         self.head = 0
         self.dead = 0
 
@@ -349,24 +362,21 @@ class WeightedRoundRobin(_Incremental):
             members = lane.members
             head = lane.head
             target = members[head]
-            picks = lane.picks
             if target is None:
                 # A live lane always has a live member, so this loop ends.
-                lane.drop(head)
+                lane.drop_head()
                 lane.dead -= 1
-                if head == len(members):
-                    lane.head = head = 0
-                due = lane.bases[head] + picks[head] * lane.period
-                heapq.heapreplace(heap, (due, next(self._seq), lane, gen))
+                heapq.heapreplace(heap, (lane.due_at(lane.head), next(self._seq), lane, gen))
                 continue
             self._now = deadline
-            # One more pick: the member's deadline moves one period on.
-            picks[head] += 1.0
+            # Passing the member is its pick: its deadline moves one period on.
             head += 1
             if head == len(members):
                 head = 0
+                lane.laps += 1
             lane.head = head
-            due = lane.bases[head] + picks[head] * lane.period
+            # due_at(head), inlined: the next member is not passed yet.
+            due = lane.bases[head] + (lane.laps - lane.offsets[head]) * lane.period
             heapq.heapreplace(heap, (due, next(self._seq), lane, gen))
             return target
         raise LookupError(_NO_BACKEND)
