@@ -1283,3 +1283,43 @@ def test_ip_hash_update_by_difference_equals_rebuild(
     by_id = {t.id: t for t in final}
     assert all(b.pick(k) is by_id[b.pick(k).id] for k in RING_KEYS[:100])
     assert list(b._members) == [t.id for t in final]
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_wrr_deadlines_match_one_record_per_target(seed: int) -> None:
+    """Lanes keep no per-target pick count, yet every deadline is base + picks * period exactly.
+
+    The model is the plain EDF schedule, one record per target counting its
+    picks; churn in big lanes (bulk removals, reweights between picks)
+    drives the cursor's wrap-arounds, dead members at the cursor and lane
+    compactions, and the picks must still follow the model to the bit.
+    """
+    rng = random.Random(seed)
+    b = WeightedRoundRobin(rng=random.Random(seed))
+    members: dict[str, Node] = {}
+    picks: dict[str, int] = {}
+    next_id = itertools.count()
+
+    def model_due(tid: str) -> float:
+        s = b._schedules[tid]
+        return s.base + picks[tid] * s.period
+
+    for _ in range(30):
+        for _ in range(rng.randrange(40)):
+            t = Node(f"t{next(next_id)}", rng.choice([0.01, 1.0, 2.0]))
+            members[t.id], picks[t.id] = t, 0
+            b.add(t)
+        for tid in rng.sample(sorted(members), len(members) * rng.randrange(4) // 4):
+            if rng.random() < 0.3:
+                members[tid].weight = rng.choice([0.01, 1.0, 2.0])
+                b.reweight(members[tid])
+                picks[tid] = 0  # a reweighted target starts a new schedule
+            else:
+                b.remove(members.pop(tid))
+                del picks[tid]
+        for _ in range(rng.randrange(200) if members else 0):
+            due = min(model_due(tid) for tid in members)
+            picked = b.pick()
+            assert model_due(picked.id) == due and b._now == due
+            picks[picked.id] += 1
+        assert all(b._schedules[tid].due == model_due(tid) for tid in members)

@@ -45,7 +45,15 @@ on a slot with a positive weight. A removed slot is filled by the last one
 target is due every ``1/weight`` units of virtual time and the earliest
 deadline is picked. Targets of equal weight never overtake one another, so
 they share a *lane*: a list in the cyclic order of their deadlines with a
-cursor, and the heap orders only lanes. A pick is O(log k) for k distinct
+cursor, and the heap orders only lanes. A lane holds the targets themselves
+and, beside them in two arrays, each one's first deadline and an offset; with
+the count of the cursor's laps they give how often it was picked, so its
+deadline is ``first + picks * period`` (the period the lane's). A pick moves
+the cursor and reads two numbers next to the previous pick's instead of a
+record and its number objects per target: among 10,000 targets those were
+cache misses on every pick. A removal finds its target by bisection: every
+deadline lies within one period of the lane's first, which leaves a few
+candidate pick counts. A pick is O(log k) for k distinct
 weights -- constant for the usual few integer weights, O(log n) at worst -- and
 yields exactly the order one heap over all targets would. A removed or
 reweighted target is only marked dead (lazy deletion) and dropped when the

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import math
 import random
+from array import array
 
 from wsclient.balancers.base import (
     _NO_BACKEND,
@@ -93,24 +95,28 @@ class RoundRobin(_Incremental):
 
 
 class _Schedule:
-    """One target's place in the EDF schedule."""
+    """One target's membership in the EDF schedule: what stays fixed while it is picked.
 
-    __slots__ = ("base", "dead", "due", "period", "rounds", "target")
+    How often it has been picked follows from its lane's counters (see
+    ``_Lane``), so a pick never touches this object: at 10,000 targets it
+    would be a cache miss (and its floats and int three more) on every pick.
+    """
 
-    def __init__(self, target: Target, due: float, period: float) -> None:
+    __slots__ = ("base", "dead", "lane", "period", "target")
+
+    def __init__(self, target: Target, base: float, lane: _Lane) -> None:
         self.target = target
-        self.base = due
-        self.period = period
-        self.rounds = 0
-        self.due = due
+        # The first deadline; the n-th after it is base + n * period.
+        self.base = base
+        self.lane = lane
+        self.period = lane.period
         self.dead = False
 
-    def advance(self) -> None:
-        self.rounds += 1
-        # base + rounds * period rather than repeatedly adding the period:
-        # accumulated float error would otherwise drift the shares over long
-        # runs with fractional weights.
-        self.due = self.base + self.rounds * self.period
+    @property
+    def due(self) -> float:
+        """The next deadline (a lookup in the lane: for changes and tests, not picks)."""
+        lane = self.lane
+        return lane.due_at(lane.find(self))
 
 
 class _Lane:
@@ -120,50 +126,132 @@ class _Lane:
     first is picked, gets one period later and so becomes the last. Read
     cyclically from ``head``, the deadlines are sorted and span at most one
     period, so the lane needs no heap of its own, only a cursor. Removed
-    targets stay in place, marked dead, until the cursor reaches them.
+    targets stay in place as ``None``, until the cursor reaches them.
+
+    Member ``j`` is ``members[j]`` (the target itself, so a pick returns it
+    without reading anything else), ``bases[j]``, its first deadline, and
+    ``offsets[j]``, the last two in C arrays. The cursor passes every member
+    once per lap, so the count of picks since its first deadline is
+    ``laps - offsets[j]``, plus one if the cursor has passed it in this lap
+    (``j < head``); its deadline is ``base + picks * period``, computed
+    exactly as one record per target would, so the order is unchanged. A
+    pick moves the cursor and reads the next member's two numbers,
+    neighbours of the previous pick's in memory, instead of two records and
+    their number objects scattered over the heap, and writes nothing per
+    member.
     """
 
-    __slots__ = ("dead", "gen", "head", "live", "members")
+    __slots__ = ("bases", "dead", "gen", "head", "laps", "live", "members", "offsets", "period")
 
-    def __init__(self) -> None:
-        self.members: list[_Schedule] = []
+    def __init__(self, period: float) -> None:
+        self.period = period
+        self.members: list[Target | None] = []
+        self.bases = array("d")
+        self.offsets = array("q")
+        # Times the cursor went from the last member back to the first.
+        self.laps = 0
         self.head = 0
         self.live = 0
         self.dead = 0
         # Bumped whenever the lane's entry in the heap of lanes goes stale.
         self.gen = 0
 
+    def due_at(self, j: int) -> float:
+        picks = self.laps - self.offsets[j] + (j < self.head)
+        return self.bases[j] + picks * self.period
+
+    def _lower_bound(self, d: float, *, after_equal: bool) -> int:
+        """Cyclic offset from ``head`` of the first deadline > ``d`` (>= unless after_equal)."""
+        m = len(self.members)
+        head = self.head
+        due_at = self.due_at
+        lo, hi = 0, m
+        while lo < hi:
+            mid = (lo + hi) // 2
+            j = head + mid
+            due = due_at(j if j < m else j - m)
+            if due < d or (after_equal and due == d):
+                lo = mid + 1
+            else:
+                hi = mid
+        return lo
+
     def insert(self, s: _Schedule) -> bool:
         """Put ``s`` in deadline order; True if it is now the lane's first."""
         members = self.members
         m = len(members)
         head = self.head
-        d = s.due
-        # Binary search over the cyclic order (equal deadlines: after the
-        # existing ones, so ties stay first come first served).
-        lo, hi = 0, m
-        while lo < hi:
-            mid = (lo + hi) // 2
-            j = head + mid
-            if members[j if j < m else j - m].due <= d:
-                lo = mid + 1
-            else:
-                hi = mid
-        # A list insert moves pointers with one memmove: linear in the lane's
-        # size in principle, about a microsecond at 10,000 targets.
+        # Equal deadlines: after the existing ones, so ties stay first come
+        # first served.
+        lo = self._lower_bound(s.base, after_equal=True)
+        # A list insert moves pointers with one memmove (and each array its
+        # doubles with another): linear in the lane's size in principle,
+        # about a microsecond at 10,000 targets.
         j = head + lo
-        if j < m or head == 0:
-            members.insert(j, s)
-        else:
-            members.insert(j - m, s)
+        passed = j >= m and head != 0
+        if passed:
+            # Before the cursor: counted as passed in this lap.
+            j -= m
             self.head = head + 1
+        members.insert(j, s.target)
+        self.bases.insert(j, s.base)
+        self.offsets.insert(j, self.laps + passed)
         self.live += 1
         return lo == 0
 
-    def compact(self) -> None:
+    def find(self, s: _Schedule) -> int:
+        """The index of live member ``s``: O(log n).
+
+        Every deadline in the lane lies within one period of the head's (the
+        virtual time is at most the head's deadline and nothing is due later
+        than a period after it), so ``s`` has been picked one of a few
+        candidate counts of times; each candidate deadline is looked up by
+        bisection and ``s`` is recognised among the members due then.
+        """
         members = self.members
+        m = len(members)
+        target, base, period = s.target, s.base, self.period
+        head, due_at = self.head, self.due_at
+        near = max(0, math.floor((due_at(head) - base) / period))
+        for picks in (near, near + 1, near - 1, near + 2):
+            if picks < 0:
+                continue
+            d = base + picks * period
+            k = self._lower_bound(d, after_equal=False)
+            while k < m:
+                j = head + k
+                j = j if j < m else j - m
+                if due_at(j) != d:
+                    break
+                if members[j] is target:
+                    return j
+                k += 1
+        # Not reached while the invariant above holds; kept so a float corner
+        # case costs a scan rather than a wrong removal.
+        for j, t in enumerate(members):
+            if t is target and self.bases[j] == base:
+                return j
+        raise LookupError(f"target {target.id!r} is not in its lane")
+
+    def drop_head(self) -> None:
+        """Remove the (dead) member at the cursor; the cursor moves to the next one."""
         head = self.head
-        self.members = [s for s in itertools.chain(members[head:], members[:head]) if not s.dead]
+        del self.members[head]
+        del self.bases[head]
+        del self.offsets[head]
+        if head == len(self.members):
+            self.head = 0
+            self.laps += 1
+
+    def compact(self) -> None:
+        members, bases, offsets, head = self.members, self.bases, self.offsets, self.head
+        m = len(members)
+        keep = [j % m for j in range(head, head + m) if members[j % m] is not None]
+        self.members = [members[j] for j in keep]
+        self.bases = array("d", (bases[j] for j in keep))
+        # With the cursor back at 0 no member counts as passed in this lap:
+        # those that were carry their pick in the offset instead.
+        self.offsets = array("q", (offsets[j] - (j < head) for j in keep))
         self.head = 0
         self.dead = 0
 
@@ -196,18 +284,20 @@ class WeightedRoundRobin(_Incremental):
         # Virtual time: the deadline of the last pick.
         self._now = 0.0
 
-    def _enqueue(self, s: _Schedule) -> None:
-        lane = self._lanes.get(s.period)
+    def _enqueue(self, target: Target, due: float, period: float) -> None:
+        lane = self._lanes.get(period)
+        fresh = lane is None
         if lane is None:
-            lane = self._lanes[s.period] = _Lane()
-            lane.insert(s)
-        elif lane.insert(s):
+            lane = self._lanes[period] = _Lane(period)
+        s = _Schedule(target, due, lane)
+        self._schedules[target.id] = s
+        if lane.insert(s) and not fresh:
             # The lane's first deadline moved earlier: its heap entry is stale.
             lane.gen += 1
             self._stale += 1
-        else:
+        elif not fresh:
             return
-        heapq.heappush(self._heap, (s.due, next(self._seq), lane, lane.gen))
+        heapq.heappush(self._heap, (due, next(self._seq), lane, lane.gen))
         if self._stale > len(self._lanes) + 64:
             # Keeps the heap within a constant of the number of lanes; O(k),
             # after k stale entries: O(1) amortised.
@@ -215,14 +305,18 @@ class WeightedRoundRobin(_Incremental):
             heapq.heapify(self._heap)
             self._stale = 0
 
-    def _retire(self, s: _Schedule) -> None:
+    def _retire(self, s: _Schedule) -> float:
+        """Take ``s`` out of the schedule; returns the deadline it had."""
         # Lazy deletion: the entry stays in its lane until the cursor reaches it.
         s.dead = True
-        lane = self._lanes[s.period]
+        lane = s.lane
+        j = lane.find(s)
+        due = lane.due_at(j)
+        lane.members[j] = None
         lane.live -= 1
         lane.dead += 1
         if not lane.live:
-            del self._lanes[s.period]
+            del self._lanes[lane.period]
             lane.gen += 1
             self._stale += 1
         elif lane.dead > lane.live + 16:
@@ -231,15 +325,14 @@ class WeightedRoundRobin(_Incremental):
             # The first member may have changed: re-key the lane in the heap.
             lane.gen += 1
             self._stale += 1
-            heapq.heappush(self._heap, (lane.members[0].due, next(self._seq), lane, lane.gen))
+            heapq.heappush(self._heap, (lane.due_at(0), next(self._seq), lane, lane.gen))
+        return due
 
     def _insert(self, target: Target, weight: float) -> None:
         period = 1.0 / _clamp(weight)
         # A random phase within one period desynchronises a fleet while still
         # giving every target exactly its share over each full cycle.
-        s = _Schedule(target, self._now + self._rng.random() * period, period)
-        self._schedules[target.id] = s
-        self._enqueue(s)
+        self._enqueue(target, self._now + self._rng.random() * period, period)
 
     def _discard(self, tid: str) -> None:
         self._retire(self._schedules.pop(tid))
@@ -249,11 +342,8 @@ class WeightedRoundRobin(_Incremental):
         period = 1.0 / _clamp(weight)
         # Keep the fraction of the period still to run: a slow-start ramp that
         # reweights often then neither loses nor gains picks at each step.
-        left = min(max((old.due - self._now) / old.period, 0.0), 1.0)
-        self._retire(old)
-        s = _Schedule(target, self._now + left * period, period)
-        self._schedules[target.id] = s
-        self._enqueue(s)
+        left = min(max((self._retire(old) - self._now) / old.period, 0.0), 1.0)
+        self._enqueue(target, self._now + left * period, period)
 
     def _clear(self) -> None:
         self._schedules = {}
@@ -271,21 +361,22 @@ class WeightedRoundRobin(_Incremental):
                 continue
             members = lane.members
             head = lane.head
-            s = members[head]
-            if s.dead:
+            target = members[head]
+            if target is None:
                 # A live lane always has a live member, so this loop ends.
-                del members[head]
+                lane.drop_head()
                 lane.dead -= 1
-                if head == len(members):
-                    lane.head = head = 0
-                heapq.heapreplace(heap, (members[head].due, next(self._seq), lane, gen))
+                heapq.heapreplace(heap, (lane.due_at(lane.head), next(self._seq), lane, gen))
                 continue
             self._now = deadline
-            s.advance()
+            # Passing the member is its pick: its deadline moves one period on.
             head += 1
             if head == len(members):
                 head = 0
+                lane.laps += 1
             lane.head = head
-            heapq.heapreplace(heap, (members[head].due, next(self._seq), lane, gen))
-            return s.target
+            # due_at(head), inlined: the next member is not passed yet.
+            due = lane.bases[head] + (lane.laps - lane.offsets[head]) * lane.period
+            heapq.heapreplace(heap, (due, next(self._seq), lane, gen))
+            return target
         raise LookupError(_NO_BACKEND)
