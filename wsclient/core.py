@@ -466,8 +466,9 @@ class PoolCore(Generic[L]):
         return None
 
     def _lends(self, b: CoreBackend, now: float) -> bool:
-        """``acquire()``'s rule for an unpinned pick with no idle link: True when it
-        borrows an idle link of another backend instead of opening on ``b``."""
+        """The rule for an unpinned pick with no idle link (``acquire()`` and
+        ``take()`` both apply it): True when it borrows an idle link of another
+        backend instead of opening on ``b``."""
         if self.capacity() > 0:
             return not b.may_open(now) or not self._under_share(b)
         return not (self._under_target(b) and b.may_open(now))
@@ -583,8 +584,11 @@ class PoolCore(Generic[L]):
             elif not self._make_room(b, now):
                 self._room_wanted.append(w)
             return w
+        # One rule, shared with take()'s fast path: does this pick lend, i.e.
+        # borrow an idle link elsewhere rather than open on b?
+        lends = self._lends(b, now)
         if self.capacity() > 0:
-            if not b.may_open(now) or not self._under_share(b):
+            if lends:
                 # Backing off (a restart, say), or already holding its share of
                 # the pool: borrow an idle link elsewhere rather than grow the
                 # pool; open (a stand-in, if backing off) only if none is idle.
@@ -593,7 +597,7 @@ class PoolCore(Generic[L]):
                     self._lease(slot)
                     return slot
             return self._queue(key, None, b, now)
-        if self._under_target(b) and b.may_open(now):
+        if not lends:  # at capacity, under its target and dialable
             # Capacity moves to the under-share pick; this acquire does not wait
             # for it if another backend has an idle link right now.
             made_room = self._make_room(b, now)

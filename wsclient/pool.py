@@ -117,8 +117,8 @@ _BAD_NEWS = frozenset((ev.BACKEND_UNHEALTHY, ev.BREAKER_OPEN, ev.BACKEND_EJECTED
 
 
 def _link_ok(link: _Link) -> bool:
-    # State alone: an idle link is being read, so the reader marks it CLOSED the
-    # moment aiohttp ends it; release() checks ws.closed for the leased case.
+    # State alone: an idle link is watched by its transport, which marks it CLOSED
+    # the moment the link ends; release() checks transport.closed for the leased case.
     return link.state is _OPEN
 
 
