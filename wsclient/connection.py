@@ -49,6 +49,7 @@ from wsclient.transports.base import (
     Message,
     MessageType,
     Transport,
+    TransportClosedError,
     auth_headers,
 )
 
@@ -57,6 +58,7 @@ __all__ = ["Connection", "Message", "MessageType", "connect", "open_link"]
 logger = logging.getLogger("wsclient.connection")
 
 _OPEN = ConnectionState.OPEN  # bound once: the hot path would look it up per message
+_BYTES_LIKE = (bytes, bytearray, memoryview)
 
 _ids = itertools.count(1)
 
@@ -367,8 +369,10 @@ class Connection:
         it if the peer is stuck for good.
         """
         # Kept flat (no send -> send_text -> write chain): it is on the hot path.
+        # A transport that has ended while the link is still OPEN is found by the
+        # transport's send (TransportClosedError), not by a property read per send.
         link = self._link
-        if link is None or link.state is not _OPEN or link.transport.closed:
+        if link is None or link.state is not _OPEN:
             link = self._writable()  # raises the precise error
         if timeout is not None and timeout != timeout:
             raise ValueError("send() timeout must be a number of seconds or None, not NaN")
@@ -384,7 +388,7 @@ class Connection:
                         await waiter
                 else:
                     await _bounded_send(link.transport.send_text(data), timeout)
-            elif isinstance(data, bytes | bytearray | memoryview):
+            elif isinstance(data, _BYTES_LIKE):  # a tuple: `a | b` would build a union per call
                 if limit and len(data) > limit:
                     raise MessageTooBigError(len(data), limit)
                 payload = bytes(data)  # no copy when data is already bytes
@@ -396,6 +400,9 @@ class Connection:
                     await _bounded_send(link.transport.send_bytes(payload), timeout)
             else:
                 raise TypeError(f"send() takes str or bytes, not {type(data).__name__}")
+        except TransportClosedError:
+            link.note_transport_closed()
+            raise link.closed_error() from None
         except (ConnectionError, aiohttp.ClientConnectionError) as exc:
             raise self._write_failed(link, exc) from exc
 
@@ -407,7 +414,7 @@ class Connection:
     async def send_bytes(
         self, data: bytes | bytearray | memoryview, timeout: float | None = None
     ) -> None:
-        if not isinstance(data, bytes | bytearray | memoryview):
+        if not isinstance(data, _BYTES_LIKE):
             raise TypeError(f"send_bytes() takes bytes, not {type(data).__name__}")
         await self.send(data, timeout)
 

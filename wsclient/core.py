@@ -454,7 +454,9 @@ class PoolCore(Generic[L]):
                 b.leases += 1
                 self.leased_total += 1
                 return slot
-        elif key is None and self.idle_total and self._lends(b, now):
+        elif (
+            key is None and self.idle_total and (b.lend_epoch == self._epoch or self._lends(b, now))
+        ):
             # Every link of the pick is leased and acquire() would borrow an idle
             # one elsewhere rather than grow the pool on it: borrow here, without
             # the coroutine. Under steady load with as many links as workers this
@@ -470,8 +472,19 @@ class PoolCore(Generic[L]):
         ``take()`` both apply it): True when it borrows an idle link of another
         backend instead of opening on ``b``."""
         if self.capacity() > 0:
-            return not b.may_open(now) or not self._under_share(b)
-        return not (self._under_target(b) and b.may_open(now))
+            if not self._under_share(b):
+                lends = True
+            else:
+                return not b.may_open(now)  # the answer changes with the clock
+        elif not self._under_target(b):
+            lends = True
+        else:
+            return not b.may_open(now)
+        # Decided by counts, weights and the limit alone, which only calls that bump
+        # the epoch change (the limit too, unless a hold makes it follow the leases).
+        if not self._holding:
+            b.lend_epoch = self._epoch
+        return lends
 
     def _borrow(self, now: float) -> Slot[L] | None:
         """``_take_any_idle`` for the hot path: the in-rotation backend with the most
@@ -495,7 +508,10 @@ class PoolCore(Generic[L]):
             return None
         idle.pop()
         self.idle_total -= 1
-        self._lease(slot)
+        slot.state = _LEASED  # _lease(), inlined: the hot path
+        best.active += 1
+        best.leases += 1
+        self.leased_total += 1
         return slot
 
     def give_back(self, slot: Slot[L], now: float) -> bool:
@@ -1221,6 +1237,7 @@ class PoolCore(Generic[L]):
         """
         if not self._holding:
             self._holding = True
+            self._epoch += 1  # decisions cached at this epoch assumed no hold
             # The closing link still counts: the size the pool had just before.
             self._level = max(self.min, self.size + self.opening)
         self._held_for.add(b.id)

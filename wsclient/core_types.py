@@ -70,6 +70,7 @@ class CoreBackend:
         "idle",
         "in_rotation",
         "leases",
+        "lend_epoch",
         "listed",
         "open_links",
         "opening",
@@ -99,6 +100,10 @@ class CoreBackend:
         self.ejected = False
         self.in_rotation = False
         self.listed = False  # in PoolCore._holders (backends that may hold idle links)
+        # The core's epoch at which it found that a pick of this backend with no idle
+        # link borrows elsewhere whatever the clock says (PoolCore._lends): the hot
+        # path then skips the rule until any other core call bumps the epoch.
+        self.lend_epoch = -1
         self.retry_at = 0.0
         self.backoff = backoff
         self.recovered_at: float | None = None

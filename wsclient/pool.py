@@ -34,7 +34,7 @@ import threading
 import time
 import warnings
 from collections.abc import Callable, Coroutine, Generator, Iterable, Mapping
-from typing import Any, NamedTuple, Unpack
+from typing import TYPE_CHECKING, Any, NamedTuple, Unpack
 
 from wsclient import event_names as ev
 from wsclient.backend import BackendHealth
@@ -197,7 +197,7 @@ class _AcquireContext(Coroutine[Any, Any, Connection]):
 
     def __aexit__(self, *exc_info: object) -> _Ready:
         conn, self._conn = self._conn, None
-        if conn is not None and not conn.released:
+        if conn is not None and conn._link is not None:  # not released yet (inlined)
             self._pool.release(conn)
         return _READY
 
@@ -214,9 +214,15 @@ class _Ready:
 
     __slots__ = ()
 
-    def __await__(self) -> Generator[Any, None, None]:
-        return
-        yield  # makes this a generator function
+    # An empty tuple's iterator stops at once (the await's value is None). A
+    # builtin here instead of a generator function: no generator object and no
+    # Python frame per ``async with`` exit.
+    if TYPE_CHECKING:
+
+        def __await__(self) -> Generator[Any, None, None]: ...
+
+    else:
+        __await__ = ().__iter__
 
 
 _READY = _Ready()
@@ -962,7 +968,9 @@ class WebSocketPool(EventSource):
         links, self._to_read = self._to_read, []
         for link in links:
             link.read_queued = False
-            link.start_idle_read()
+            # Most were leased again in the same iteration: the test is inlined.
+            if link._idle:
+                link.start_idle_read()
 
     # ------------------------------------------------------------------ opening and closing
 

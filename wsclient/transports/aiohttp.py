@@ -16,8 +16,15 @@ neither frees the socket nor wakes a blocked ``send()``. ``Heartbeat`` and
 pongs are written straight to the socket as masked control frames, which
 never waits.
 
-Sends go to aiohttp's ``send_str``/``send_bytes`` bound methods as they are:
-the hot path pays no wrapper.
+The hot path is aiohttp's own, minus its coroutine layers: an uncompressed
+send hands the frame to aiohttp's frame writer synchronously (aiohttp's
+``send_bytes`` -> ``send_frame`` would be two coroutines per message, and
+waits only when the socket's buffer is over its limit: then ours returns
+that wait), and ``receive()`` awaits aiohttp's message queue directly with
+``ClientWebSocketResponse.receive()``'s bookkeeping inlined; anything but a
+data message, and any failure, goes on through aiohttp's own code as before.
+Both lean on aiohttp internals, probed once per connection (``_direct``):
+with an aiohttp that lacks them, the public coroutines are used.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ import asyncio
 import logging
 import os
 import struct
+from collections.abc import Awaitable
 from typing import Any
 
 import aiohttp
@@ -42,6 +50,7 @@ from wsclient.transports.base import (
     LinkEvents,
     Message,
     PongCoalescer,
+    TransportClosedError,
     describe_link_error,
     describe_os_error,
     describe_redirect,
@@ -75,12 +84,13 @@ class AiohttpTransport:
         "_limit",
         "_link",
         "_pongs",
+        "_protocol",
+        "_reader",
         "_session",
         "_watcher",
+        "_writer",
         "close_timeout",
         "inflating",
-        "send_bytes",
-        "send_text",
         "ws",
     )
 
@@ -92,9 +102,10 @@ class AiohttpTransport:
         session: aiohttp.ClientSession | None = None,
     ) -> None:
         self.ws = ws
-        # The hot path: Connection.send awaits aiohttp's own coroutine.
-        self.send_text = ws.send_str
-        self.send_bytes = ws.send_bytes
+        # aiohttp's writer, its socket protocol and its message queue, for the hot
+        # path; None (the public coroutines are used) when compressing, or when this
+        # aiohttp's internals are not the ones the hot path knows.
+        self._writer, self._protocol, self._reader = _direct_parts(ws)
         self._session = session  # closed with the transport (connect() made it)
         self._limit = options.max_message_size
         self.close_timeout = options.close_timeout
@@ -146,6 +157,43 @@ class AiohttpTransport:
         transport = _socket_transport(self.ws)
         return 0 if transport is None else transport.get_write_buffer_size()
 
+    # -- sending -------------------------------------------------------------------
+
+    def send_bytes(self, data: bytes) -> Awaitable[None] | None:
+        writer = self._writer
+        if writer is None:
+            return self.ws.send_bytes(data)
+        if self.ws._closed:
+            raise TransportClosedError("the connection is closed")
+        if writer._closing:  # our close frame is out: what send_frame() says then
+            raise aiohttp.ClientConnectionResetError("Cannot write to closing transport")
+        writer._write_websocket_frame(data, 0x2, 0)
+        # send_frame()'s flow control: wait for the buffer to drain only past the limit.
+        if writer._output_size > writer._limit:
+            writer._output_size = 0
+            protocol = self._protocol
+            if protocol._paused:
+                drain: Awaitable[None] = protocol._drain_helper()
+                return drain
+        return None
+
+    def send_text(self, data: str) -> Awaitable[None] | None:
+        writer = self._writer
+        if writer is None:
+            return self.ws.send_str(data)
+        if self.ws._closed:
+            raise TransportClosedError("the connection is closed")
+        if writer._closing:
+            raise aiohttp.ClientConnectionResetError("Cannot write to closing transport")
+        writer._write_websocket_frame(data.encode(), 0x1, 0)
+        if writer._output_size > writer._limit:
+            writer._output_size = 0
+            protocol = self._protocol
+            if protocol._paused:
+                drain: Awaitable[None] = protocol._drain_helper()
+                return drain
+        return None
+
     # -- control frames, written straight to the socket --------------------------
 
     def ping(self, payload: bytes) -> None:
@@ -190,7 +238,42 @@ class AiohttpTransport:
             and not self._ending
             and not self.inflating
         ):
-            # The hot path: one await of aiohttp's own receive(), one tuple.
+            reader = self._reader
+            if reader is not None and not (ws._waiting or ws._closed or ws._closing):
+                # The hot path: aiohttp's receive() for a data message, inlined
+                # (its flag against concurrent reads, and waking a close() that
+                # waits for this read to end).
+                failed = False
+                ws._waiting = True
+                try:
+                    msg = await reader.read()
+                except asyncio.CancelledError:
+                    raise  # nothing is lost: the message stays queued
+                except Exception:
+                    # The queue ended with an error (EOF, a protocol error, the
+                    # socket lost). It raises the same again: aiohttp's receive()
+                    # reads it below and closes the way it always does.
+                    failed = True
+                finally:
+                    ws._waiting = False
+                    close_wait = ws._close_wait
+                    if close_wait is not None and not close_wait.done():
+                        close_wait.set_result(None)
+                if failed:
+                    return await self._receive(None, None)
+                kind = msg.type
+                if kind is _BINARY_MSG:
+                    return _message(Message, (BINARY, msg.data))
+                if kind is _TEXT_MSG:
+                    return _message(Message, (TEXT, msg.data))
+                if kind is WSMsgType.CLOSE:  # what aiohttp's receive() does with it
+                    ws._set_closing()
+                    ws._close_code = msg.data
+                    if not ws._closed and ws._autoclose:
+                        await ws.close()
+                elif kind is WSMsgType.CLOSING:
+                    ws._set_closing()
+                return await self._receive(None, msg)
             try:
                 msg = await ws.receive()
             except asyncio.CancelledError:
@@ -457,6 +540,36 @@ class AiohttpTransport:
         if self._session is not None:
             session, self._session = self._session, None
             await session.close()
+
+
+def _direct_parts(ws: aiohttp.ClientWebSocketResponse) -> tuple[Any, Any, Any]:
+    """aiohttp's frame writer, socket protocol and message queue, if the hot path
+    may use them: no compression (the writer's compressing path needs its lock and
+    shield), and the private attributes it touches all present."""
+    writer = getattr(ws, "_writer", None)
+    protocol = getattr(writer, "protocol", None)
+    reader = getattr(ws, "_reader", None)
+    if (
+        ws.compress
+        or not all(hasattr(writer, a) for a in _WRITER_PARTS)
+        or not all(hasattr(protocol, a) for a in ("_paused", "_drain_helper"))
+        or not all(hasattr(ws, a) for a in _WS_PARTS)
+        or not callable(getattr(reader, "read", None))
+    ):
+        return None, None, None
+    return writer, protocol, reader
+
+
+_WRITER_PARTS = ("_write_websocket_frame", "_closing", "_output_size", "_limit")
+_WS_PARTS = (
+    "_autoclose",
+    "_close_code",
+    "_close_wait",
+    "_closed",
+    "_closing",
+    "_set_closing",
+    "_waiting",
+)
 
 
 def _socket_transport(ws: aiohttp.ClientWebSocketResponse) -> asyncio.Transport | None:

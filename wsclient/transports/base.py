@@ -148,6 +148,11 @@ class Transport(Protocol):
         """
 
 
+class TransportClosedError(ConnectionResetError):
+    """A send on a transport that has already ended (``Connection`` turns it into the
+    ``ConnectionClosedError`` that says how the connection ended)."""
+
+
 class Heartbeat:
     """Pings every ``interval`` and declares the peer dead without a pong within ``timeout``.
 

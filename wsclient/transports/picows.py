@@ -44,6 +44,7 @@ from wsclient.transports.base import (
     LinkEvents,
     Message,
     PongCoalescer,
+    TransportClosedError,
     describe_os_error,
     describe_redirect,
     fail_waiter,
@@ -319,14 +320,14 @@ class PicowsTransport(picows.WSListener):
     # -- sending -----------------------------------------------------------------
 
     def send_text(self, data: str) -> asyncio.Future[None] | None:
-        if self._closing:
-            raise ConnectionResetError("the connection is closing")
+        if self.closed:  # closing or ended
+            raise TransportClosedError("the connection is closing")
         self._wt.send(_TEXT, data)
         return self._drained() if self._write_paused else None
 
     def send_bytes(self, data: bytes) -> asyncio.Future[None] | None:
-        if self._closing:
-            raise ConnectionResetError("the connection is closing")
+        if self.closed:  # closing or ended
+            raise TransportClosedError("the connection is closing")
         self._wt.send(_BINARY, data)
         return self._drained() if self._write_paused else None
 
