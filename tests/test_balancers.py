@@ -1323,3 +1323,68 @@ def test_wrr_deadlines_match_one_record_per_target(seed: int) -> None:
             assert model_due(picked.id) == due and b._now == due
             picks[picked.id] += 1
         assert all(b._schedules[tid].due == model_due(tid) for tid in members)
+
+
+class _HeapOnlyWRR(WeightedRoundRobin):
+    """WRR without the one-lane shortcut: every pick goes through the heap."""
+
+    def pick(self, key: str | None = None) -> Target:
+        target = super().pick(key)
+        self._unsolo()
+        return target
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    steps=st.lists(
+        st.tuples(
+            st.sampled_from(["add", "add", "remove", "reweight", "picks"]),
+            st.sampled_from([1.0, 1.0, 1.0, 3.0]),
+            st.integers(0, 40),
+        ),
+        max_size=40,
+    ),
+    seed=st.integers(0, 2**32),
+)
+def test_wrr_one_lane_shortcut_picks_what_the_heap_picks(
+    steps: list[tuple[str, float, int]], seed: int
+) -> None:
+    """With every target of one weight, picks skip the heap (``_solo``); mixed in with
+    adds, removals and reweights (which bring the heap up to date first), the order of
+    picks and the virtual time are those of the heap path, to the bit."""
+    fast, slow = WeightedRoundRobin(rng=random.Random(seed)), _HeapOnlyWRR(rng=random.Random(seed))
+    live: dict[str, tuple[Node, Node]] = {}
+    ids = itertools.count()
+    solo_picks = 0
+    for op, weight, n in steps:
+        if op == "add" or not live:
+            tid = f"t{next(ids)}"
+            live[tid] = (Node(tid, weight), Node(tid, weight))
+            fast.add(live[tid][0])
+            slow.add(live[tid][1])
+        elif op == "remove":
+            a, b = live.pop(sorted(live)[n % len(live)])
+            fast.remove(a)
+            slow.remove(b)
+        elif op == "reweight":
+            a, b = live[sorted(live)[n % len(live)]]
+            a.weight = b.weight = weight
+            fast.reweight(a)
+            slow.reweight(b)
+        else:
+            for _ in range(n):
+                solo_picks += fast._solo is not None
+                assert fast.pick().id == slow.pick().id
+                assert fast._now == slow._now
+    if live:
+        assert fast.pick().id == slow.pick().id
+    _SOLO_PICKS.append(solo_picks)  # test_wrr_one_lane_shortcut_is_exercised reads it
+
+
+_SOLO_PICKS: list[int] = []
+
+
+def test_wrr_one_lane_shortcut_is_exercised() -> None:
+    """The differential test above really drives the shortcut (not only the heap)."""
+    test_wrr_one_lane_shortcut_picks_what_the_heap_picks()
+    assert sum(_SOLO_PICKS) > 100

@@ -461,9 +461,30 @@ class PoolCore(Generic[L]):
             # one elsewhere rather than grow the pool on it: borrow here, without
             # the coroutine. Under steady load with as many links as workers this
             # is most acquires (the pick's links are the ones in use).
-            lent = self._borrow(now)
-            if lent is not None:
-                return lent
+            # _take_any_idle's rule, inlined: the in-rotation backend with the most
+            # idle links lends its newest, if valid (else the slow path retires it).
+            # No pruning: the holders are at most the backends that have idle links.
+            best: CoreBackend | None = None
+            most = 0
+            for o in self._holders.values():
+                n = len(o.idle)
+                if n > most and o.in_rotation:
+                    best, most = o, n
+            if best is not None:
+                idle = best.idle
+                slot = idle[-1]
+                if (
+                    slot.generation == self.generation
+                    and (slot.expires_at is None or now < slot.expires_at)
+                    and (self._link_ok is None or self._link_ok(slot.link))
+                ):
+                    idle.pop()
+                    slot.state = _LEASED
+                    self.idle_total -= 1
+                    best.active += 1
+                    best.leases += 1
+                    self.leased_total += 1
+                    return slot
         self._last_pick = b
         return None
 
@@ -485,34 +506,6 @@ class PoolCore(Generic[L]):
         if not self._holding:
             b.lend_epoch = self._epoch
         return lends
-
-    def _borrow(self, now: float) -> Slot[L] | None:
-        """``_take_any_idle`` for the hot path: the in-rotation backend with the most
-        idle links lends its newest, if valid (else None: the slow path retires it).
-        No pruning: the holders are at most the backends that have idle links."""
-        best: CoreBackend | None = None
-        most = 0
-        for o in self._holders.values():
-            n = len(o.idle)
-            if n > most and o.in_rotation:
-                best, most = o, n
-        if best is None:
-            return None
-        idle = best.idle
-        slot: Slot[L] = idle[-1]
-        if (
-            slot.generation != self.generation
-            or (slot.expires_at is not None and now >= slot.expires_at)
-            or (self._link_ok is not None and not self._link_ok(slot.link))
-        ):
-            return None
-        idle.pop()
-        self.idle_total -= 1
-        slot.state = _LEASED  # _lease(), inlined: the hot path
-        best.active += 1
-        best.leases += 1
-        self.leased_total += 1
-        return slot
 
     def give_back(self, slot: Slot[L], now: float) -> bool:
         """The hot path of ``release``: park a reusable slot when nobody waits for it.

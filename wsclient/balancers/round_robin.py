@@ -281,10 +281,36 @@ class WeightedRoundRobin(_Incremental):
         self._heap: list[tuple[float, int, _Lane, int]] = []
         self._seq = itertools.count()
         self._stale = 0
-        # Virtual time: the deadline of the last pick.
-        self._now = 0.0
+        # Virtual time: the deadline of the last pick (read it as ``_now``).
+        self._vt = 0.0
+        # The only lane, while the heap holds nothing else (every target of one
+        # weight: the usual case). Its picks then skip the heap, and its entry
+        # there is brought up to date (_unsolo) before anything else reads it.
+        self._solo: _Lane | None = None
+
+    @property
+    def _now(self) -> float:
+        """Virtual time. One-lane picks leave it to be worked out here: the last pick
+        was the member just before the cursor, at the deadline it had then."""
+        lane = self._solo
+        if lane is None:
+            return self._vt
+        j, laps = lane.head - 1, lane.laps
+        if j < 0:  # the cursor has wrapped since that pick
+            j, laps = len(lane.members) - 1, laps - 1
+        return lane.bases[j] + (laps - lane.offsets[j]) * lane.period
+
+    def _unsolo(self) -> None:
+        lane = self._solo
+        if lane is not None:
+            self._vt = self._now
+            self._solo = None
+            head = lane.head
+            due = lane.bases[head] + (lane.laps - lane.offsets[head]) * lane.period
+            self._heap[0] = (due, next(self._seq), lane, lane.gen)
 
     def _enqueue(self, target: Target, due: float, period: float) -> None:
+        self._unsolo()
         lane = self._lanes.get(period)
         fresh = lane is None
         if lane is None:
@@ -308,6 +334,7 @@ class WeightedRoundRobin(_Incremental):
     def _retire(self, s: _Schedule) -> float:
         """Take ``s`` out of the schedule; returns the deadline it had."""
         # Lazy deletion: the entry stays in its lane until the cursor reaches it.
+        self._unsolo()
         s.dead = True
         lane = s.lane
         j = lane.find(s)
@@ -332,7 +359,8 @@ class WeightedRoundRobin(_Incremental):
         period = 1.0 / _clamp(weight)
         # A random phase within one period desynchronises a fleet while still
         # giving every target exactly its share over each full cycle.
-        self._enqueue(target, self._now + self._rng.random() * period, period)
+        self._unsolo()  # before reading the virtual time: a plain attribute again
+        self._enqueue(target, self._vt + self._rng.random() * period, period)
 
     def _discard(self, tid: str) -> None:
         self._retire(self._schedules.pop(tid))
@@ -342,16 +370,32 @@ class WeightedRoundRobin(_Incremental):
         period = 1.0 / _clamp(weight)
         # Keep the fraction of the period still to run: a slow-start ramp that
         # reweights often then neither loses nor gains picks at each step.
-        left = min(max((self._retire(old) - self._now) / old.period, 0.0), 1.0)
-        self._enqueue(target, self._now + left * period, period)
+        left = min(max((self._retire(old) - self._vt) / old.period, 0.0), 1.0)
+        self._enqueue(target, self._vt + left * period, period)
 
     def _clear(self) -> None:
+        self._unsolo()  # keeps the virtual time of the last pick
         self._schedules = {}
         self._lanes = {}
         self._heap = []
         self._stale = 0
 
     def pick(self, key: str | None = None) -> Target:
+        lane = self._solo
+        if lane is not None:
+            # One lane: its members in turn, as the heap would give them.
+            members = lane.members
+            head = lane.head
+            target = members[head]
+            if target is not None:
+                # The virtual time moves to this member's deadline (see _now).
+                head += 1
+                if head == len(members):
+                    head = 0
+                    lane.laps += 1
+                lane.head = head
+                return target
+            self._unsolo()  # a dead member at the cursor: the general path drops it
         heap = self._heap
         while heap:
             deadline, _, lane, gen = heap[0]
@@ -368,7 +412,7 @@ class WeightedRoundRobin(_Incremental):
                 lane.dead -= 1
                 heapq.heapreplace(heap, (lane.due_at(lane.head), next(self._seq), lane, gen))
                 continue
-            self._now = deadline
+            self._vt = deadline
             # Passing the member is its pick: its deadline moves one period on.
             head += 1
             if head == len(members):
@@ -378,5 +422,7 @@ class WeightedRoundRobin(_Incremental):
             # due_at(head), inlined: the next member is not passed yet.
             due = lane.bases[head] + (lane.laps - lane.offsets[head]) * lane.period
             heapq.heapreplace(heap, (due, next(self._seq), lane, gen))
+            if len(heap) == 1:
+                self._solo = lane
             return target
         raise LookupError(_NO_BACKEND)
