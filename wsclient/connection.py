@@ -24,7 +24,7 @@ import itertools
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from typing import Any, Protocol, Unpack
 
 import aiohttp
@@ -441,23 +441,17 @@ class Connection:
 
     # -- receiving -----------------------------------------------------------
 
-    async def receive(self, timeout: float | None = None) -> Message:
-        """The next data message. A timeout raises ``TimeoutError``; the connection stays usable."""
+    def receive(self, timeout: float | None = None) -> Coroutine[Any, Any, Message]:
+        """The next data message: ``await conn.receive()``. A timeout raises
+        ``TimeoutError``; the connection stays usable.
+
+        The coroutine is the transport's own read (one coroutine per message, not
+        a wrapper around another): a released connection raises here, at the call.
+        """
         link = self._link
         if link is None:
             link = self._checked()  # raises
-        link.reading = True
-        try:
-            message = await link.transport.receive(timeout)
-        except (TimeoutError, asyncio.CancelledError):
-            link.dirty = True  # a reply may still be on its way
-            raise
-        finally:
-            link.reading = False
-        if message is None:
-            raise link.closed_error()
-        link.dirty = False
-        return message
+        return link.transport.receive(timeout)
 
     async def receive_text(self, timeout: float | None = None) -> str:
         message = await self.receive(timeout)

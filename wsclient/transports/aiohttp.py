@@ -229,63 +229,76 @@ class AiohttpTransport:
 
     # -- receiving -------------------------------------------------------------
 
-    async def receive(self, timeout: float | None) -> Message | None:
-        ws = self.ws
-        if (
-            timeout is None
-            and self._carried is None
-            and self._watcher is None
-            and not self._ending
-            and not self.inflating
-        ):
-            reader = self._reader
-            if reader is not None and not (ws._waiting or ws._closed or ws._closing):
-                # The hot path: aiohttp's receive() for a data message, inlined
-                # (its flag against concurrent reads, and waking a close() that
-                # waits for this read to end).
-                failed = False
-                ws._waiting = True
-                try:
-                    msg = await reader.read()
-                except asyncio.CancelledError:
-                    raise  # nothing is lost: the message stays queued
-                except Exception:
-                    # The queue ended with an error (EOF, a protocol error, the
-                    # socket lost). It raises the same again: aiohttp's receive()
-                    # reads it below and closes the way it always does.
-                    failed = True
-                finally:
-                    ws._waiting = False
-                    close_wait = ws._close_wait
-                    if close_wait is not None and not close_wait.done():
-                        close_wait.set_result(None)
-                if failed:
-                    return await self._receive(None, None)
-                kind = msg.type
-                if kind is _BINARY_MSG:
-                    return _message(Message, (BINARY, msg.data))
-                if kind is _TEXT_MSG:
-                    return _message(Message, (TEXT, msg.data))
-                if kind is WSMsgType.CLOSE:  # what aiohttp's receive() does with it
-                    ws._set_closing()
-                    ws._close_code = msg.data
-                    if not ws._closed and ws._autoclose:
-                        await ws.close()
-                elif kind is WSMsgType.CLOSING:
-                    ws._set_closing()
-                return await self._receive(None, msg)
-            try:
-                msg = await ws.receive()
-            except asyncio.CancelledError:
-                _undo_abnormal_mark(ws)
-                raise
-            kind = msg.type
-            if kind is _TEXT_MSG:
-                return _message(Message, (TEXT, msg.data))
-            if kind is _BINARY_MSG:
-                return _message(Message, (BINARY, msg.data))
-            return await self._receive(None, msg)
-        return await self._receive(timeout, None)
+    async def receive(self, timeout: float | None) -> Message:
+        link = self._link
+        assert link is not None  # bound when the link was made
+        link.reading = True
+        try:
+            ws = self.ws
+            if (
+                timeout is None
+                and self._carried is None
+                and self._watcher is None
+                and not self._ending
+                and not self.inflating
+            ):
+                reader = self._reader
+                if reader is not None and not (ws._waiting or ws._closed or ws._closing):
+                    # The hot path: aiohttp's receive() for a data message, inlined
+                    # (its flag against concurrent reads, and waking a close() that
+                    # waits for this read to end).
+                    failed = False
+                    ws._waiting = True
+                    try:
+                        msg = await reader.read()
+                    except asyncio.CancelledError:
+                        raise  # nothing is lost: the message stays queued
+                    except Exception:
+                        # The queue ended with an error (EOF, a protocol error, the
+                        # socket lost). It raises the same again: aiohttp's receive()
+                        # reads it in _receive() and closes the way it always does.
+                        failed = True
+                    finally:
+                        ws._waiting = False
+                        close_wait = ws._close_wait
+                        if close_wait is not None and not close_wait.done():
+                            close_wait.set_result(None)
+                    if failed:
+                        message = await self._receive(None, None)
+                    else:
+                        kind = msg.type
+                        if kind is _BINARY_MSG:
+                            link.dirty = False
+                            return _message(Message, (BINARY, msg.data))
+                        if kind is _TEXT_MSG:
+                            link.dirty = False
+                            return _message(Message, (TEXT, msg.data))
+                        if kind is WSMsgType.CLOSE:  # what aiohttp's receive() does with it
+                            ws._set_closing()
+                            ws._close_code = msg.data
+                            if not ws._closed and ws._autoclose:
+                                await ws.close()
+                        elif kind is WSMsgType.CLOSING:
+                            ws._set_closing()
+                        message = await self._receive(None, msg)
+                else:
+                    try:
+                        msg = await ws.receive()
+                    except asyncio.CancelledError:
+                        _undo_abnormal_mark(ws)
+                        raise
+                    message = await self._receive(None, msg)
+            else:
+                message = await self._receive(timeout, None)
+            if message is None:
+                raise link.closed_error()
+            link.dirty = False
+            return message
+        except (TimeoutError, asyncio.CancelledError):
+            link.dirty = True  # a reply may still be on its way
+            raise
+        finally:
+            link.reading = False
 
     async def _receive(
         self, timeout: float | None, msg: aiohttp.WSMessage | None

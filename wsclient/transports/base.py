@@ -90,6 +90,14 @@ class LinkEvents(Protocol):
     def pong_received(self, payload: bytes) -> None:
         """A pong arrived (the heartbeat has already counted it)."""
 
+    # What receive() keeps up to date for the pool (see Transport.receive).
+    reading: bool
+    dirty: bool
+
+    def closed_error(self) -> Exception:
+        """The error a read raises once the connection has ended."""
+        ...
+
 
 class Transport(Protocol):
     """One open WebSocket, as ``Connection`` and the pool use it."""
@@ -123,9 +131,13 @@ class Transport(Protocol):
     def ping(self, payload: bytes) -> None:
         """Write a ping frame (never waits)."""
 
-    async def receive(self, timeout: float | None) -> Message | None:
-        """The next data message; None once the connection has ended.
+    async def receive(self, timeout: float | None) -> Message:
+        """The next data message: ``Connection.receive()`` itself (it hands out this
+        coroutine, so a read is one coroutine deep, not two).
 
+        Meanwhile the link is marked ``reading``; a timeout or cancellation marks
+        it ``dirty`` (a reply may still come), a message clears that. Once the
+        connection has ended it raises the link's ``closed_error()``.
         ``TimeoutError`` after ``timeout`` seconds leaves the transport usable.
         Control frames are handled inside; ``MessageTooBigError`` when a message
         is over the limit (the transport has closed with 1009).

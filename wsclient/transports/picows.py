@@ -90,6 +90,7 @@ class PicowsTransport(picows.WSListener):
         "_link",
         "_max",
         "_options",
+        "_paused_lately",
         "_pongs",
         "_queue",
         "_queued",
@@ -112,6 +113,7 @@ class PicowsTransport(picows.WSListener):
         self._queue: deque[Message] = deque()
         self._queued = 0
         self._read_paused = False
+        self._paused_lately = False  # paused at some time since the heartbeat last looked
         self._waiter: asyncio.Future[Message | None] | None = None
         self._write_paused = False
         self._drain: asyncio.Future[None] | None = None
@@ -224,7 +226,7 @@ class PicowsTransport(picows.WSListener):
         self._queue.append(message)
         self._queued += len(message.data)
         if self._queued > READ_QUEUE_HIGH and not self._read_paused:
-            self._read_paused = True
+            self._read_paused = self._paused_lately = True
             self._wt.underlying_transport.pause_reading()
 
     def _oversize(self, size: int) -> None:
@@ -264,17 +266,21 @@ class PicowsTransport(picows.WSListener):
         else:
             self._deliver(Message(BINARY, payload))
 
-    async def receive(self, timeout: float | None) -> Message | None:
+    async def receive(self, timeout: float | None) -> Message:
+        link = self._link
+        assert link is not None  # bound when the link was made
         queue = self._queue
         if queue:
+            link.dirty = False
             return self._pop()
         if self._ended:
             if self._error is not None:
                 raise self._error
-            return None
+            raise link.closed_error()
         waiter: asyncio.Future[Message | None] = asyncio.get_running_loop().create_future()
         self._waiter = waiter
         message: Message | None
+        link.reading = True
         try:
             if timeout is None:
                 message = await waiter
@@ -282,6 +288,7 @@ class PicowsTransport(picows.WSListener):
                 async with asyncio.timeout(timeout):
                     message = await waiter
         except (TimeoutError, asyncio.CancelledError) as exc:
+            link.dirty = True  # a reply may still be on its way
             if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
                 message = waiter.result()
                 if message is not None:  # delivered as we gave up: keep it for the next read
@@ -291,16 +298,25 @@ class PicowsTransport(picows.WSListener):
                 raise TimeoutError(f"no message within {timeout} s") from None
             raise
         finally:
+            link.reading = False
             if self._waiter is waiter:
                 self._waiter = None
-        if message is None and self._error is not None:
-            raise self._error
+        if message is None:
+            if self._error is not None:
+                raise self._error
+            raise link.closed_error()
+        link.dirty = False
         return message
 
     def _reads_paused(self) -> bool:
         # A lessee that stopped reading made us stop reading the socket: the pong
         # may be right behind the unread messages, and the peer is not to blame.
-        return self._read_paused
+        # Nor is it when reading resumed only lately: the pong can still be behind
+        # the backlog the socket had queued meanwhile. One more heartbeat period
+        # then, and no more: the next look sees only what happened since this one.
+        lately = self._paused_lately
+        self._paused_lately = self._read_paused
+        return lately or self._read_paused
 
     def _pop(self) -> Message:
         message = self._queue.popleft()
