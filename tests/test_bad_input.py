@@ -206,8 +206,13 @@ def test_fuzzed_headers_are_sendable_or_refused_naming_headers(name: str, value:
     except ValidationError as exc:
         assert not sendable
         assert [e["loc"] for e in exc.errors()] == [("headers",)]
-        if len(value) > 3 and set(name) <= _TOKEN_CHARS:
-            assert value not in str(exc)
+        if len(value) > 3:
+            # The message's own words may contain the value ("head" in "headers"):
+            # the same refusal for a value that cannot leak tells what they are.
+            with pytest.raises(ValidationError) as neutral:
+                PoolConfig(headers={name: "\x01"})
+            if value not in str(neutral.value):
+                assert value not in str(exc)
     else:
         assert sendable
         assert config.headers == {name: value}
