@@ -34,7 +34,8 @@ import logging
 import os
 import struct
 from collections.abc import Awaitable
-from typing import Any
+from operator import attrgetter
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 from aiohttp import WSMsgType
@@ -132,11 +133,16 @@ class AiohttpTransport:
 
     # -- what the link asks --------------------------------------------------
 
-    @property
-    def closed(self) -> bool:
-        # aiohttp's own flag, read directly: its ``closed`` property would be a
-        # second call on every release (tests/test_transports.py checks the two agree).
-        return self.ws._closed
+    if TYPE_CHECKING:
+
+        @property
+        def closed(self) -> bool: ...
+
+    else:
+        # aiohttp's own flag, read by a C getter: a property function would be a
+        # Python frame on every release, aiohttp's ``closed`` property a second one
+        # (tests/test_transports.py checks the two agree).
+        closed = property(attrgetter("ws._closed"))
 
     @property
     def protocol(self) -> str | None:
