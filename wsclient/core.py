@@ -159,8 +159,10 @@ class PoolCore(Generic[L]):
         self._n_live = 0
         self._n_usable = 0
         self._n_usable_unejected = 0
-        # counts over all backends
-        self.idle_total = 0
+        # counts over all backends. ``size`` (open links) changes only when a link is
+        # opened or retired; a lease or a park moves one between leased and idle, so
+        # the hot path keeps one counter and ``idle_total`` is the difference.
+        self.size = 0
         self.leased_total = 0
         self.opening = 0
         self.closing = 0
@@ -189,8 +191,8 @@ class PoolCore(Generic[L]):
     # ------------------------------------------------------------------ counts
 
     @property
-    def size(self) -> int:
-        return self.idle_total + self.leased_total
+    def idle_total(self) -> int:
+        return self.size - self.leased_total
 
     @property
     def limit(self) -> int:
@@ -203,7 +205,7 @@ class PoolCore(Generic[L]):
         return min(self.max, max(self._level, self.leased_total + self.waiting))
 
     def capacity(self) -> int:
-        return self.limit - (self.idle_total + self.leased_total + self.opening + self.closing)
+        return self.limit - (self.size + self.opening + self.closing)
 
     def target(self, b: CoreBackend) -> float:
         """The backend's share of the limit (0 outside rotation)."""
@@ -449,13 +451,14 @@ class PoolCore(Generic[L]):
             ):
                 idle.pop()
                 slot.state = _LEASED
-                self.idle_total -= 1
                 b.active += 1
                 b.leases += 1
                 self.leased_total += 1
                 return slot
         elif (
-            key is None and self.idle_total and (b.lend_epoch == self._epoch or self._lends(b, now))
+            key is None
+            and self.size > self.leased_total  # an idle link somewhere
+            and (b.lend_epoch == self._epoch or self._lends(b, now))
         ):
             # Every link of the pick is leased and acquire() would borrow an idle
             # one elsewhere rather than grow the pool on it: borrow here, without
@@ -480,7 +483,6 @@ class PoolCore(Generic[L]):
                 ):
                     idle.pop()
                     slot.state = _LEASED
-                    self.idle_total -= 1
                     best.active += 1
                     best.leases += 1
                     self.leased_total += 1
@@ -529,9 +531,8 @@ class PoolCore(Generic[L]):
                 # above its share while the pool is above min: release() may retire it
                 # (attributes inlined: hot path)
                 or (
-                    self.idle_total + self.leased_total + self.opening > self.min
-                    and b.open_links + b.opening
-                    > (self.idle_total + self.leased_total + self.opening) * b.weight / total
+                    self.size + self.opening > self.min
+                    and b.open_links + b.opening > (self.size + self.opening) * b.weight / total
                 )
                 or not self.running
                 or not b.usable
@@ -550,7 +551,6 @@ class PoolCore(Generic[L]):
         self.leased_total -= 1
         idle = b.idle
         idle.append(slot)
-        self.idle_total += 1
         if not b.listed:  # a dict store per release would cost more than this test
             b.listed = True
             self._holders[b.id] = b
@@ -682,7 +682,6 @@ class PoolCore(Generic[L]):
         idle = b.idle
         while idle:
             slot: Slot[L] = idle.pop()  # LIFO: the surplus ages out at the other end
-            self.idle_total -= 1
             if (
                 slot.generation == self.generation
                 and (slot.expires_at is None or now < slot.expires_at)
@@ -814,6 +813,7 @@ class PoolCore(Generic[L]):
         slot.state = _LEASED  # counted as leased until offered
         b.active += 1
         self.leased_total += 1
+        self.size += 1
         self.stats["opened"] += 1
         b.backoff.reset()
         b.retry_at = 0.0
@@ -922,7 +922,6 @@ class PoolCore(Generic[L]):
         b.active -= 1
         self.leased_total -= 1
         b.idle.append(slot)
-        self.idle_total += 1
         b.listed = True
         self._holders[b.id] = b
         self.effects.append(Park(slot))
@@ -1051,7 +1050,6 @@ class PoolCore(Generic[L]):
         if victim is None:
             return False
         slot = victim.idle.pop(0)  # the longest idle
-        self.idle_total -= 1
         slot.state = _LEASED
         victim.active += 1
         self.leased_total += 1
@@ -1154,6 +1152,7 @@ class PoolCore(Generic[L]):
         slot.state = _CLOSING
         b.active -= 1
         self.leased_total -= 1
+        self.size -= 1
         b.open_links -= 1
         b.closing += 1
         self.closing += 1
@@ -1173,7 +1172,6 @@ class PoolCore(Generic[L]):
             b.idle.remove(slot)  # the newest end first: O(1) for _retire_idle
         except ValueError:  # pragma: no cover - IDLE slots are always in their deque
             return False
-        self.idle_total -= 1
         slot.state = _LEASED  # _retire counts it out of "leased"
         b.active += 1
         self.leased_total += 1
