@@ -166,32 +166,24 @@ class AiohttpTransport:
     # -- sending -------------------------------------------------------------------
 
     def send_bytes(self, data: bytes) -> Awaitable[None] | None:
-        writer = self._writer
-        if writer is None:
+        if self._writer is None:
             return self.ws.send_bytes(data)
+        return self._send_frame(data, 0x2)
+
+    def send_text(self, data: str) -> Awaitable[None] | None:
+        if self._writer is None:
+            return self.ws.send_str(data)
+        return self._send_frame(data.encode(), 0x1)
+
+    def _send_frame(self, payload: bytes, opcode: int) -> Awaitable[None] | None:
+        """aiohttp's ``send_frame()`` for an uncompressed frame, without its coroutine."""
+        writer = self._writer
         if self.ws._closed:
             raise TransportClosedError("the connection is closed")
         if writer._closing:  # our close frame is out: what send_frame() says then
             raise aiohttp.ClientConnectionResetError("Cannot write to closing transport")
-        writer._write_websocket_frame(data, 0x2, 0)
+        writer._write_websocket_frame(payload, opcode, 0)
         # send_frame()'s flow control: wait for the buffer to drain only past the limit.
-        if writer._output_size > writer._limit:
-            writer._output_size = 0
-            protocol = self._protocol
-            if protocol._paused:
-                drain: Awaitable[None] = protocol._drain_helper()
-                return drain
-        return None
-
-    def send_text(self, data: str) -> Awaitable[None] | None:
-        writer = self._writer
-        if writer is None:
-            return self.ws.send_str(data)
-        if self.ws._closed:
-            raise TransportClosedError("the connection is closed")
-        if writer._closing:
-            raise aiohttp.ClientConnectionResetError("Cannot write to closing transport")
-        writer._write_websocket_frame(data.encode(), 0x1, 0)
         if writer._output_size > writer._limit:
             writer._output_size = 0
             protocol = self._protocol
