@@ -18,6 +18,7 @@ from wsclient import (
     CloseCode,
     ConnectionClosedError,
     ConnectionOptions,
+    ConnectionReleasedError,
     PoolConfig,
     WebSocketPool,
     connect,
@@ -28,6 +29,7 @@ from wsclient.testing import BackendServer
 from wsclient.testing.peers import NeverReadingPeer, PingFloodingPeer
 from wsclient.transports.aiohttp import AiohttpTransport
 from wsclient.transports.base import PONG_BUFFER_LIMIT
+from wsclient.transports.picows import PicowsTransport
 
 from .conftest import FAST, until
 
@@ -217,6 +219,46 @@ async def test_a_send_after_the_transport_ended_says_how_the_connection_ended(
         assert link.close_code is not None
 
 
+async def test_a_read_made_before_a_release_fails_when_it_runs(transport: TransportName) -> None:
+    """``receive()`` hands out the transport's coroutine. One created on a lease and
+    first run after the release must raise ConnectionReleasedError, not read the
+    pooled link (it would take the idle link's messages and mark it as being read);
+    the next lessee gets the link clean."""
+    async with (
+        BackendServer() as server,
+        WebSocketPool(
+            **{**FAST, "min_connections": 1, "max_connections": 1},
+            backends=[server.url],
+            transport=transport,
+        ) as pool,
+    ):
+        async with pool.acquire() as conn:
+            early = asyncio.create_task(conn.receive())
+            link = conn._checked()
+        with pytest.raises(ConnectionReleasedError):
+            await early
+        assert not link.reading and not link.dirty
+        async with pool.acquire() as again:
+            assert again._checked() is link  # the same link, reused
+            await again.send("after")
+            assert (await again.receive(timeout=5)).data == "after"
+        assert pool.stats().closed == 0
+
+
+async def test_a_compressed_send_after_aiohttp_closed_raises_connection_closed() -> None:
+    """With compression aiohttp's own send_frame() writes, and it does not look at
+    the closed flag aiohttp sets first when it closes (then it waits to drain): the
+    transport must refuse the send itself, or a data frame follows the close frame."""
+    async with BackendServer() as server:
+        conn = await connect(server.url, transport="aiohttp", compression=True)
+        transport = conn._checked().transport
+        assert isinstance(transport, AiohttpTransport)
+        transport.ws._set_closed()  # what ClientWebSocketResponse.close() does first
+        with pytest.raises(ConnectionClosedError):
+            await conn.send(b"after the close")
+        conn.drop()
+
+
 async def test_connection_reports_its_transport(transport: TransportName) -> None:
     async with BackendServer() as server:
         conn = await connect(server.url, transport=transport)
@@ -317,5 +359,14 @@ async def test_a_lessee_that_does_not_read_does_not_make_the_heartbeat_kill_the_
             assert conn.connected, conn.close_reason
             for _ in range(40):
                 assert len((await conn.receive(timeout=5)).data) == 16384
+            if transport == "picows":
+                # The grace ends with the first pong through, so a later missed pong
+                # is not forgiven for a pause long past. (The heartbeat looks at the
+                # flag only when no pong came, so a pause must not leave it set.)
+                inner = conn._checked().transport
+                assert isinstance(inner, PicowsTransport)
+                inner._paused_lately = True  # as a pause that has ended leaves it
+                await conn.ping(b"grace")
+                await until(lambda: not inner._paused_lately, timeout=3)
         finally:
             await conn.close()

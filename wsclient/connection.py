@@ -446,12 +446,15 @@ class Connection:
         ``TimeoutError``; the connection stays usable.
 
         The coroutine is the transport's own read (one coroutine per message, not
-        a wrapper around another): a released connection raises here, at the call.
+        a wrapper around another): a released connection raises here, at the call,
+        and a read made before a release raises when it first runs.
         """
         link = self._link
         if link is None:
             link = self._checked()  # raises
-        return link.transport.receive(timeout)
+        # The transport's coroutine checks again at its first step: a released
+        # handle must not read (create_task(conn.receive()), then release).
+        return link.transport.receive(self, timeout)
 
     async def receive_text(self, timeout: float | None = None) -> str:
         message = await self.receive(timeout)

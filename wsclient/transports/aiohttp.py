@@ -21,10 +21,12 @@ send hands the frame to aiohttp's frame writer synchronously (aiohttp's
 ``send_bytes`` -> ``send_frame`` would be two coroutines per message, and
 waits only when the socket's buffer is over its limit: then ours returns
 that wait), and ``receive()`` awaits aiohttp's message queue directly with
-``ClientWebSocketResponse.receive()``'s bookkeeping inlined; anything but a
-data message, and any failure, goes on through aiohttp's own code as before.
-Both lean on aiohttp internals, probed once per connection (``_direct``):
-with an aiohttp that lacks them, the public coroutines are used.
+``ClientWebSocketResponse.receive()``'s bookkeeping inlined (the concurrent-read
+flag, waking a waiting close(), what a CLOSE or CLOSING message does); control
+frames and closes then go on through ``_receive()``, and a failure through
+aiohttp's own ``receive()``, as before. Both lean on aiohttp internals, probed
+once per connection (``_direct_parts``): with an aiohttp that lacks them, or
+with compression on, the public coroutines are used.
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ from wsclient.transports.base import (
     TEXT,
     ConnectFailure,
     Heartbeat,
+    LeaseHandle,
     LinkEvents,
     Message,
     PongCoalescer,
@@ -166,11 +169,15 @@ class AiohttpTransport:
     # -- sending -------------------------------------------------------------------
 
     def send_bytes(self, data: bytes) -> Awaitable[None] | None:
+        if self.ws._closed:  # aiohttp's send_frame() does not look at it
+            raise TransportClosedError("the connection is closed")
         if self._writer is None:
             return self.ws.send_bytes(data)
         return self._send_frame(data, 0x2)
 
     def send_text(self, data: str) -> Awaitable[None] | None:
+        if self.ws._closed:
+            raise TransportClosedError("the connection is closed")
         if self._writer is None:
             return self.ws.send_str(data)
         return self._send_frame(data.encode(), 0x1)
@@ -178,8 +185,6 @@ class AiohttpTransport:
     def _send_frame(self, payload: bytes, opcode: int) -> Awaitable[None] | None:
         """aiohttp's ``send_frame()`` for an uncompressed frame, without its coroutine."""
         writer = self._writer
-        if self.ws._closed:
-            raise TransportClosedError("the connection is closed")
         if writer._closing:  # our close frame is out: what send_frame() says then
             raise aiohttp.ClientConnectionResetError("Cannot write to closing transport")
         writer._write_websocket_frame(payload, opcode, 0)
@@ -227,8 +232,10 @@ class AiohttpTransport:
 
     # -- receiving -------------------------------------------------------------
 
-    async def receive(self, timeout: float | None) -> Message:
+    async def receive(self, handle: LeaseHandle, timeout: float | None) -> Message:
         link = self._link
+        if handle._link is not link:
+            handle._checked()  # released since the call: ConnectionReleasedError
         assert link is not None  # bound when the link was made
         link.reading = True
         try:

@@ -99,6 +99,19 @@ class LinkEvents(Protocol):
         ...
 
 
+class LeaseHandle(Protocol):
+    """What a transport's ``receive()`` needs of the ``Connection`` it reads for."""
+
+    @property
+    def _link(self) -> object | None:
+        """The link it holds; None once released."""
+        ...
+
+    def _checked(self) -> object:
+        """The link; raises ``ConnectionReleasedError`` once released."""
+        ...
+
+
 class Transport(Protocol):
     """One open WebSocket, as ``Connection`` and the pool use it."""
 
@@ -123,17 +136,24 @@ class Transport(Protocol):
     def get_extra_info(self, name: str, default: Any = None) -> Any: ...
 
     def send_text(self, data: str) -> Awaitable[None] | None:
-        """Write a text frame; an awaitable to wait on while the write buffer is full."""
+        """Write a text frame; an awaitable to wait on while the write buffer is full.
+        ``TransportClosedError`` when the transport has ended (``Connection`` relies on
+        it instead of reading ``closed`` before every send)."""
 
     def send_bytes(self, data: bytes) -> Awaitable[None] | None:
-        """Write a binary frame; an awaitable to wait on while the write buffer is full."""
+        """Write a binary frame, like ``send_text``."""
 
     def ping(self, payload: bytes) -> None:
         """Write a ping frame (never waits)."""
 
-    async def receive(self, timeout: float | None) -> Message:
+    async def receive(self, handle: LeaseHandle, timeout: float | None) -> Message:
         """The next data message: ``Connection.receive()`` itself (it hands out this
         coroutine, so a read is one coroutine deep, not two).
+
+        Its first step checks that ``handle`` (the ``Connection`` that made the
+        coroutine) still holds this link: a read created before a release and run
+        after it must fail with ``ConnectionReleasedError``, not read the pooled
+        link (``handle._checked()`` raises it).
 
         Meanwhile the link is marked ``reading``; a timeout or cancellation marks
         it ``dirty`` (a reply may still come), a message clears that. Once the

@@ -41,6 +41,7 @@ from wsclient.transports.base import (
     WRITE_BUFFER_HIGH,
     ConnectFailure,
     Heartbeat,
+    LeaseHandle,
     LinkEvents,
     Message,
     PongCoalescer,
@@ -177,6 +178,7 @@ class PicowsTransport(picows.WSListener):
             assert self._pongs is not None
             self._pongs.ping_received(frame.get_payload_as_bytes())
         elif kind == _PONG:
+            self._paused_lately = self._read_paused  # the pong got through: grace ends
             if self._heartbeat is not None:
                 self._heartbeat.pong_seen()
             if self._link is not None:
@@ -266,8 +268,10 @@ class PicowsTransport(picows.WSListener):
         else:
             self._deliver(Message(BINARY, payload))
 
-    async def receive(self, timeout: float | None) -> Message:
+    async def receive(self, handle: LeaseHandle, timeout: float | None) -> Message:
         link = self._link
+        if handle._link is not link:
+            handle._checked()  # released since the call: ConnectionReleasedError
         assert link is not None  # bound when the link was made
         queue = self._queue
         if queue:
