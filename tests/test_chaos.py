@@ -1310,7 +1310,7 @@ async def test_chaos_cancellation_storm_leaks_nothing(transport: TransportName) 
     report = await run_chaos(
         ChaosOptions(
             seed=11,
-            duration=3.0,
+            duration=2.0,
             backends=3,
             workers=20,
             cancel_probability=0.6,
