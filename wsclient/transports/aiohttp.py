@@ -87,7 +87,6 @@ class AiohttpTransport:
         "_heartbeat",
         "_limit",
         "_link",
-        "_paused_lately",
         "_pongs",
         "_protocol",
         "_reader",
@@ -122,7 +121,6 @@ class AiohttpTransport:
         self._handoff: asyncio.Future[aiohttp.WSMessage] | None = None
         self._carried: aiohttp.WSMessage | None = None
         self._ending = False
-        self._paused_lately = False  # reading was paused at the heartbeat's last look
         self._pongs = PongCoalescer(self._write_pong, self._buffered)
         hb = options.heartbeat
         self._heartbeat = (
@@ -220,13 +218,10 @@ class AiohttpTransport:
         # A lessee that holds the link without reading leaves the pong in
         # aiohttp's queue: it is there, so the peer is alive. Past aiohttp's
         # queue limit the socket is not read at all (the pong may be behind the
-        # unread messages): the peer is not to blame for that either, nor for
-        # one more period after reading resumed, while the backlog queued
-        # meanwhile comes first (the first pong through ends that: _control).
+        # unread messages): the peer is not to blame for that either (nor at the
+        # heartbeat's next look: Heartbeat keeps that grace).
         reader = getattr(self.ws, "_reader", None)
-        paused = bool(getattr(getattr(reader, "_protocol", None), "_reading_paused", False))
-        lately, self._paused_lately = self._paused_lately, paused
-        if paused or lately:
+        if getattr(getattr(reader, "_protocol", None), "_reading_paused", False):
             return True
         buffer = getattr(reader, "_buffer", None)
         return buffer is not None and any(item[0].type is WSMsgType.PONG for item in tuple(buffer))
@@ -362,7 +357,6 @@ class AiohttpTransport:
             self._pongs.ping_received(msg.data)
             return True
         if msg.type is WSMsgType.PONG:
-            self._paused_lately = False  # the pong got through: any grace ends
             if self._heartbeat is not None:
                 self._heartbeat.pong_seen()
             if self._link is not None:

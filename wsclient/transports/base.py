@@ -192,9 +192,24 @@ class Heartbeat:
     or ``peek()`` for a transport that can look at frames nobody has read yet);
     incoming pings and data do not count: a peer flooding pings at us while it
     never reads would otherwise look alive for good.
+
+    A transport that is not reading the socket (a lessee let replies pile up)
+    says so through ``peek()`` or ``excuse()``: the pong may be behind the unread
+    data, so the peer is not blamed then, nor at the next look (reading resumed,
+    the backlog comes first). The first pong ends that grace.
     """
 
-    __slots__ = ("_dead", "_handle", "_loop", "_peek", "_ping", "interval", "seen", "timeout")
+    __slots__ = (
+        "_dead",
+        "_excused",
+        "_handle",
+        "_loop",
+        "_peek",
+        "_ping",
+        "interval",
+        "seen",
+        "timeout",
+    )
 
     def __init__(
         self,
@@ -212,10 +227,16 @@ class Heartbeat:
         self._peek = peek
         self._loop = asyncio.get_running_loop()
         self.seen = False
+        self._excused = False
         self._handle: asyncio.TimerHandle | None = self._loop.call_later(interval, self._tick)
 
     def pong_seen(self) -> None:
         self.seen = True
+        self._excused = False
+
+    def excuse(self) -> None:
+        """Reading the socket stopped: no blame until the look after the next one."""
+        self._excused = True
 
     def _tick(self) -> None:
         self.seen = False
@@ -223,7 +244,9 @@ class Heartbeat:
         self._ping(HEARTBEAT_PAYLOAD)
 
     def _expired(self) -> None:
-        if self.seen or (self._peek is not None and self._peek()):
+        excused = self._peek is not None and self._peek()
+        if self.seen or excused or self._excused:
+            self._excused = excused
             self._handle = self._loop.call_later(self.interval, self._tick)
             return
         self._handle = None

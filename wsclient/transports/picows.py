@@ -91,7 +91,6 @@ class PicowsTransport(picows.WSListener):
         "_link",
         "_max",
         "_options",
-        "_paused_lately",
         "_pongs",
         "_queue",
         "_queued",
@@ -114,7 +113,6 @@ class PicowsTransport(picows.WSListener):
         self._queue: deque[Message] = deque()
         self._queued = 0
         self._read_paused = False
-        self._paused_lately = False  # paused at some time since the heartbeat last looked
         self._waiter: asyncio.Future[Message | None] | None = None
         self._write_paused = False
         self._drain: asyncio.Future[None] | None = None
@@ -178,7 +176,6 @@ class PicowsTransport(picows.WSListener):
             assert self._pongs is not None
             self._pongs.ping_received(frame.get_payload_as_bytes())
         elif kind == _PONG:
-            self._paused_lately = self._read_paused  # the pong got through: grace ends
             if self._heartbeat is not None:
                 self._heartbeat.pong_seen()
             if self._link is not None:
@@ -228,7 +225,9 @@ class PicowsTransport(picows.WSListener):
         self._queue.append(message)
         self._queued += len(message.data)
         if self._queued > READ_QUEUE_HIGH and not self._read_paused:
-            self._read_paused = self._paused_lately = True
+            self._read_paused = True
+            if self._heartbeat is not None:
+                self._heartbeat.excuse()  # graced until the look after reading resumes
             self._wt.underlying_transport.pause_reading()
 
     def _oversize(self, size: int) -> None:
@@ -314,13 +313,9 @@ class PicowsTransport(picows.WSListener):
 
     def _reads_paused(self) -> bool:
         # A lessee that stopped reading made us stop reading the socket: the pong
-        # may be right behind the unread messages, and the peer is not to blame.
-        # Nor is it when reading resumed only lately: the pong can still be behind
-        # the backlog the socket had queued meanwhile. One more heartbeat period
-        # then, and no more: the next look sees only what happened since this one.
-        lately = self._paused_lately
-        self._paused_lately = self._read_paused
-        return lately or self._read_paused
+        # may be right behind the unread messages, and the peer is not to blame
+        # (nor at the next look: Heartbeat keeps that grace).
+        return self._read_paused
 
     def _pop(self) -> Message:
         message = self._queue.popleft()
