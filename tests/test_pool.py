@@ -216,6 +216,23 @@ async def test_idle_connections_above_min_are_evicted(
     assert pool.size == 1 and pool.idle_count == 1
 
 
+async def test_an_idle_connection_ages_from_its_own_release(
+    servers: list[BackendServer], make_pool: PoolFactory
+) -> None:
+    """release() reads the clock once per loop step: a release in a later step
+    gets a reading of its own, so it is not trimmed at an earlier one's deadline."""
+    pool = await make_pool(servers[:1], min_connections=0, idle_timeout=0.4)
+    first, second = await pool.acquire(), await pool.acquire()
+    pool.release(first)
+    await asyncio.sleep(0.25)  # the time to measure: later loop steps pass
+    released = time.monotonic()
+    pool.release(second)
+    await servers[0].wait_for_connections(1, timeout=3)
+    assert pool.size == 1  # the first went at its deadline; the second is younger
+    await servers[0].wait_for_connections(0, timeout=3)
+    assert time.monotonic() - released >= 0.4
+
+
 async def test_connection_closed_by_server_is_never_handed_out_again(
     servers: list[BackendServer], make_pool: PoolFactory
 ) -> None:

@@ -33,6 +33,28 @@ async def test_acquire_works_with_create_task(
     pool.release(conn)
 
 
+async def test_one_acquire_awaited_twice_raises_like_a_coroutine_and_leases_once(
+    servers: list[BackendServer], make_pool: PoolFactory
+) -> None:
+    """A second ``await`` of the same ``pool.acquire()`` raises as a coroutine would,
+    on the hot path (an idle link) and on the waiting path, and leases nothing more."""
+    pool = await make_pool(servers[:1], min_connections=1, max_connections=2)
+    pending = pool.acquire()
+    conn = await pending  # the hot path: the warm link
+    with pytest.raises(RuntimeError, match="already awaited"):
+        await pending
+    assert pool.active_count == 1
+    waited = pool.acquire()
+    task = asyncio.create_task(waited)  # driven by send(): the coroutine path
+    second = await asyncio.wait_for(task, 5)
+    with pytest.raises(RuntimeError, match="already awaited"):
+        await waited
+    assert pool.active_count == 2
+    pool.release(conn)
+    pool.release(second)
+    assert pool.active_count == 0
+
+
 async def test_a_raising_auth_provider_is_a_failed_probe_not_the_end_of_probing(
     servers: list[BackendServer],
 ) -> None:

@@ -267,11 +267,12 @@ class Connection:
     block ending); after that, every method raises ``ConnectionReleasedError``.
     """
 
-    __slots__ = ("_link", "_release_hint")
+    __slots__ = ("_link",)
 
-    def __init__(self, link: _Link, *, release_hint: str = "") -> None:
-        self._link: _Link | None = link
-        self._release_hint = release_hint
+    # Not constructed directly: ``connection_for(link)`` makes one. No __init__,
+    # because the pool's acquire builds one per lease (inlined there) and
+    # ``Connection()`` plus a store costs less than an __init__ frame.
+    _link: _Link | None
 
     def _checked(self) -> _Link:
         link = self._link
@@ -627,4 +628,11 @@ async def connect(url: str, **options: Unpack[ConnectionOptionsDict]) -> Connect
         config.transport,
         redact_headers(config.headers),
     )
-    return Connection(link)
+    return connection_for(link)
+
+
+def connection_for(link: _Link) -> Connection:
+    """A new lease handle (a ``Connection``) on ``link``."""
+    conn = Connection()
+    conn._link = link
+    return conn

@@ -57,6 +57,7 @@ import heapq
 import itertools
 import math
 import random
+import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from typing import Any, Generic, TypeVar
@@ -118,6 +119,12 @@ _HOLD_S = 10.0
 _HOLD_AFTER_REOPEN_S = 3.0
 
 
+# What give_back() did (ints: compared on the hot path).
+NOT_PARKED = 0  # nothing: the shell calls release()
+PARKED = 1
+PARKED_DUE_SOONER = 2  # parked, and ``due`` moved earlier
+
+
 class PoolCore(Generic[L]):
     """State and decisions of one pool. Not thread-safe; the shell serialises calls."""
 
@@ -129,8 +136,12 @@ class PoolCore(Generic[L]):
         *,
         link_ok: Callable[[L], bool] | None = None,
         rng: random.Random | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.config = config
+        # Read only by take(key, None), when a decision turns out to depend on the
+        # time; every other call is given the time by its caller.
+        self._clock = clock
         self.max = config.max_connections
         self.min = config.min_connections
         self._store = store
@@ -430,11 +441,13 @@ class PoolCore(Generic[L]):
         picked: CoreBackend = self._balancer.pick(key)  # type: ignore[assignment]
         return picked
 
-    def take(self, key: str | None, now: float) -> Slot[L] | None:
+    def take(self, key: str | None, now: float | None) -> Slot[L] | None:
         """The hot path: lease an idle link of the pick at once, or None (then ``acquire``).
 
         Only when nobody waits (FIFO) and the pick has a valid idle link; the
         pick it made is remembered, so the slow path does not pick again.
+        ``now`` None: the core's clock is read only if the answer depends on the
+        time (a lifetime, a backoff); the common lease reads no clock at all.
         """
         # _last_pick is None here: only a miss below sets it, and the acquire()
         # that follows a miss in the same step consumes it.
@@ -443,22 +456,27 @@ class PoolCore(Generic[L]):
         b: CoreBackend = self._balancer.pick(key)  # type: ignore[assignment]
         idle = b.idle
         if idle:
-            slot: Slot[L] = idle[-1]
+            slot: Slot[L] = idle.pop()
             if (
                 slot.generation == self.generation
-                and (slot.expires_at is None or now < slot.expires_at)
+                and (
+                    slot.expires_at is None
+                    or (self._clock() if now is None else now) < slot.expires_at
+                )
                 and (self._link_ok is None or self._link_ok(slot.link))
             ):
-                idle.pop()
                 slot.state = _LEASED
                 b.active += 1
                 b.leases += 1
                 self.leased_total += 1
                 return slot
+            idle.append(slot)  # not valid: the slow path retires it
         elif (
             key is None
             and self.size > self.leased_total  # an idle link somewhere
-            and (b.lend_epoch == self._epoch or self._lends(b, now))
+            and (
+                b.lend_epoch == self._epoch or self._lends(b, self._clock() if now is None else now)
+            )
         ):
             # Every link of the pick is leased and acquire() would borrow an idle
             # one elsewhere rather than grow the pool on it: borrow here, without
@@ -478,7 +496,10 @@ class PoolCore(Generic[L]):
                 slot = idle[-1]
                 if (
                     slot.generation == self.generation
-                    and (slot.expires_at is None or now < slot.expires_at)
+                    and (
+                        slot.expires_at is None
+                        or (self._clock() if now is None else now) < slot.expires_at
+                    )
                     and (self._link_ok is None or self._link_ok(slot.link))
                 ):
                     idle.pop()
@@ -509,10 +530,12 @@ class PoolCore(Generic[L]):
             b.lend_epoch = self._epoch
         return lends
 
-    def give_back(self, slot: Slot[L], now: float) -> bool:
+    def give_back(self, slot: Slot[L], now: float) -> int:
         """The hot path of ``release``: park a reusable slot when nobody waits for it.
 
-        False: nothing was done; call ``release`` (waiters, stand-ins, expiry...).
+        ``NOT_PARKED`` (0, falsy): nothing was done; call ``release`` (waiters,
+        stand-ins, expiry...). ``PARKED``; or ``PARKED_DUE_SOONER`` when parking it
+        moved ``due`` earlier (the shell's timer may have to wake sooner).
 
         The checks below read only state that ``take``/``give_back`` never change
         (waiters, membership, weights, sizes, health, running). Every other core
@@ -520,7 +543,7 @@ class PoolCore(Generic[L]):
         passes them again and skips them: the common lease/park cycle pays two
         attribute reads instead of a dozen.
         """
-        if slot.parked_epoch != self._epoch or slot.expires_at is not None:
+        if slot.parked_epoch != self._epoch:  # never equal for a slot with a lifetime
             b = slot.backend
             total = self._rotation_weight
             if (
@@ -540,10 +563,12 @@ class PoolCore(Generic[L]):
                 or slot.generation != self.generation
                 or (slot.expires_at is not None and now >= slot.expires_at)
             ):
-                return False
-            slot.parked_epoch = self._epoch
-            if slot.expires_at is not None and slot.expires_at < self.due:
-                self.due = slot.expires_at
+                return NOT_PARKED
+            if slot.expires_at is None:
+                slot.parked_epoch = self._epoch
+            return self._park_slot(slot, now)
+        # Checked at this epoch already, and no lifetime: _park_slot's body, inlined
+        # (a call less on the lease/park cycle).
         b = slot.backend
         slot.state = _IDLE
         slot.last_used = now
@@ -557,7 +582,25 @@ class PoolCore(Generic[L]):
         idle_timeout = self._idle_timeout
         if idle_timeout is not None and now + idle_timeout < self.due:
             self.due = now + idle_timeout
-        return True
+            return PARKED_DUE_SOONER
+        return PARKED
+
+    def _park_slot(self, slot: Slot[L], now: float) -> int:
+        due = self.due
+        b = slot.backend
+        slot.state = _IDLE
+        slot.last_used = now
+        b.active -= 1
+        self.leased_total -= 1
+        b.idle.append(slot)
+        if not b.listed:
+            b.listed = True
+            self._holders[b.id] = b
+        if self._idle_timeout is not None:
+            self.due = min(self.due, now + self._idle_timeout)
+        if slot.expires_at is not None:
+            self.due = min(self.due, slot.expires_at)
+        return PARKED_DUE_SOONER if self.due < due else PARKED
 
     def acquire(self, key: str | None, pinned_id: str | None, now: float) -> Slot[L] | Waiter:
         """A leased slot at once, or a queued waiter (the shell awaits its Hand or Fail).
@@ -916,20 +959,8 @@ class PoolCore(Generic[L]):
         self._park(slot, now)
 
     def _park(self, slot: Slot[L], now: float) -> None:
-        b = slot.backend
-        slot.state = _IDLE
-        slot.last_used = now
-        b.active -= 1
-        self.leased_total -= 1
-        b.idle.append(slot)
-        b.listed = True
-        self._holders[b.id] = b
+        self._park_slot(slot, now)
         self.effects.append(Park(slot))
-        idle_timeout = self.config.idle_timeout
-        if idle_timeout is not None and now + idle_timeout < self.due:
-            self.due = now + idle_timeout
-        if slot.expires_at is not None and slot.expires_at < self.due:
-            self.due = slot.expires_at
 
     def _hand(self, w: Waiter, slot: Slot[L], opener: Waiter | None) -> None:
         own = w.ticket

@@ -33,7 +33,7 @@ import math
 import threading
 import time
 import warnings
-from collections.abc import Callable, Coroutine, Generator, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Generator, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, NamedTuple, Unpack
 
 from wsclient import event_names as ev
@@ -41,8 +41,9 @@ from wsclient.backend import BackendHealth
 from wsclient.balancers import create_balancer
 from wsclient.codes import CloseCode, ConnectionState, check_close_code
 from wsclient.config import Backend, ConnectionOptions, PoolConfig, redact_url
-from wsclient.connection import Connection, Message, _Link, open_link
+from wsclient.connection import Connection, Message, _Link, connection_for, open_link
 from wsclient.core import (
+    PARKED_DUE_SOONER,
     Close,
     CoreBackend,
     Drained,
@@ -100,7 +101,6 @@ _LEASED, _CLOSING = SlotState.LEASED, SlotState.CLOSING
 _get_running_loop = asyncio.get_running_loop
 _monotonic = time.monotonic
 _get_ident = threading.get_ident
-_new_context = object.__new__
 
 
 # How each backend transition reads in the log (the event name is in ``extra``).
@@ -133,25 +133,28 @@ class _AcquireContext(Coroutine[Any, Any, Connection]):
     protocols have ``send`` and ``close``, with other meanings.)
     """
 
-    __slots__ = ("_conn", "_coro", "_key", "_pinned", "_pool", "_timeout")
+    # ``_held``: None, then the coroutine while one runs, then the Connection
+    # (which ``async with`` releases). One slot for both: a store less per acquire.
+    __slots__ = ("_held", "_key", "_pool", "_timeout")
 
-    def __init__(
-        self, pool: WebSocketPool, key: str | None, timeout: float | None, pinned: str | None
-    ) -> None:
-        self._pool = pool
-        self._key = key
-        self._timeout = timeout
-        self._pinned = pinned
-        self._conn: Connection | None = None
-        self._coro: Coroutine[Any, Any, Connection] | None = None
+    # No __init__: ``_AcquireContext()`` then four stores (inlined in ``acquire()``)
+    # costs less than a Python __init__ frame, or than object.__new__(cls), which
+    # checks its argument in Python's slow call path.
+    _pool: WebSocketPool
+    _key: str | None
+    _timeout: float | None
+    _held: Coroutine[Any, Any, Connection] | Connection | None
+    _pinned: str | None = None  # a slot of _PinnedAcquireContext
 
     def _coroutine(self, *, tried: bool = False) -> Coroutine[Any, Any, Connection]:
-        coro = self._coro
-        if coro is None:
-            coro = self._coro = self._pool._acquire(
+        held = self._held
+        if held is None:
+            held = self._held = self._pool._acquire(
                 self._key, self._timeout, self._pinned, self, tried_fast_path=tried
             )
-        return coro
+        elif type(held) is Connection:
+            raise RuntimeError("cannot reuse an already awaited pool.acquire()")
+        return held  # type: ignore[return-value]
 
     def send(self, value: Any) -> Any:
         return self._coroutine().send(value)
@@ -160,12 +163,12 @@ class _AcquireContext(Coroutine[Any, Any, Connection]):
         return self._coroutine().throw(*args)
 
     def close(self) -> None:
-        if self._coro is not None:
-            self._coro.close()
+        held = self._held
+        if held is not None and type(held) is not Connection:
+            held.close()
 
     def __await__(self) -> Generator[Any, None, Connection]:
-        tried = False
-        if self._coro is None and self._pinned is None:
+        if self._held is None:
             # The hot path, inlined (each call costs ~50 ns, the pair ~1 us): an idle
             # link on the pick with no waiter ahead. Anything unusual (not running,
             # validate_on_checkout, a NaN timeout, another loop) takes the coroutine,
@@ -175,31 +178,61 @@ class _AcquireContext(Coroutine[Any, Any, Connection]):
             if (
                 pool._fast
                 and (timeout is None or timeout == timeout)
-                and _get_running_loop() is pool._loop
+                and (
+                    # The pool's loop is the one running here. On asyncio's loops:
+                    # it runs in this thread (one running loop per thread), which
+                    # costs no getpid() system call, unlike get_running_loop().
+                    pool._loop._thread_id == _get_ident()  # type: ignore[union-attr]
+                    if pool._base_loop
+                    else _get_running_loop() is pool._loop
+                )
             ):
-                now = _monotonic()
-                slot = pool._core.take(self._key, now)
+                slot = pool._core.take(self._key, None)  # None: a clock read if needed
                 if slot is not None:
                     link: _Link = slot.link
                     link._idle = False
                     if pool._timing is not None:
-                        pool._timing.leased(link, now)
-                    # Connection(link) without its __init__ frame (two stores).
-                    conn = self._conn = _new_context(Connection)
+                        pool._timing.leased(link, _monotonic())
+                    # connection_for(link), inlined.
+                    conn = self._held = Connection()
                     conn._link = link
-                    conn._release_hint = ""
                     return conn
-                tried = True  # its pick is remembered by the core for the slow path
-        return (yield from self._coroutine(tried=tried).__await__())
+                # Missed: the core remembers its pick for the slow path.
+                return (yield from self._coroutine(tried=True).__await__())
+        return (yield from self._coroutine().__await__())
 
     def __aenter__(self) -> _AcquireContext:
         return self  # awaited by ``async with``: the same path as ``await``
 
-    def __aexit__(self, *exc_info: object) -> _Ready:
-        conn, self._conn = self._conn, None
-        if conn is not None and conn._link is not None:  # not released yet (inlined)
-            self._pool.release(conn)
-        return _READY
+    # Three parameters, not ``*exc_info``: no tuple packed per exit.
+    def __aexit__(self, exc_type: object, exc: object, tb: object) -> Awaitable[None]:
+        conn, self._held = self._held, None
+        pool = self._pool
+        if type(conn) is Connection and conn._link is not None:  # not released yet
+            pool.release(conn)
+        return pool._finished  # release() never blocks: an awaitable already done
+
+
+class _PinnedAcquireContext(_AcquireContext):
+    """An acquire on one named backend (``broadcast()`` sends on each): always the
+    coroutine, which handles the pin."""
+
+    __slots__ = ("_pinned",)
+
+    def __await__(self) -> Generator[Any, None, Connection]:
+        return (yield from self._coroutine().__await__())
+
+
+def _pinned_context(
+    pool: WebSocketPool, timeout: float | None, pinned: str
+) -> _PinnedAcquireContext:
+    context = _PinnedAcquireContext()
+    context._pool = pool
+    context._key = None
+    context._timeout = timeout
+    context._pinned = pinned
+    context._held = None
+    return context
 
 
 class _Early(NamedTuple):
@@ -210,7 +243,8 @@ class _Early(NamedTuple):
 
 
 class _Ready:
-    """An awaitable that is already finished (release() never blocks)."""
+    """An awaitable that is already finished (release() never blocks); what
+    ``async with`` awaits on exit until start() makes the pool's done future."""
 
     __slots__ = ()
 
@@ -290,6 +324,7 @@ class WebSocketPool(EventSource):
         self._fast = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread = 0
+        self._base_loop = False  # the loop has asyncio's _thread_id (see acquire)
         self._session: Any = None
         self._wakeup: asyncio.Event | None = None
         self._sleep_until = math.inf
@@ -301,6 +336,11 @@ class WebSocketPool(EventSource):
         self._validating: set[_Link] = set()  # links whose checkout ping is out
         self._to_read: list[_Link] = []
         self._read_scheduled = False
+        self._step_time = 0.0  # see release(): valid while _read_scheduled
+        # What ``async with pool.acquire()`` awaits on exit: from start() on, a
+        # future of the pool's loop that is already done (awaiting one costs about
+        # half of what awaiting _READY does: C all the way, no method lookup).
+        self._finished: Awaitable[None] = _READY
         self._breaker_timers: dict[str, asyncio.TimerHandle] = {}
         self._health = HealthChecker(
             cfg.health_check,
@@ -442,6 +482,11 @@ class WebSocketPool(EventSource):
             raise PoolClosedError("this pool is closed; create a new one")
         self._loop = asyncio.get_running_loop()
         self._thread = threading.get_ident()
+        # asyncio's own loops (not uvloop's) record the thread that runs them.
+        self._base_loop = getattr(self._loop, "_thread_id", None) == self._thread
+        finished = self._loop.create_future()
+        finished.set_result(None)
+        self._finished = finished
         self._session = new_session()
         self._wakeup = asyncio.Event()
         self._all_returned = asyncio.Event()
@@ -700,14 +745,12 @@ class WebSocketPool(EventSource):
         ``timeout`` overrides ``acquire_timeout``; zero or less means "only a
         connection that is free now".
         """
-        # The constructor's body, inline: one Python frame less per acquire.
-        context = _new_context(_AcquireContext)
+        # No constructor call: one Python frame less per acquire.
+        context = _AcquireContext()
         context._pool = self
         context._key = key
         context._timeout = timeout
-        context._pinned = None
-        context._conn = None
-        context._coro = None
+        context._held = None
         return context
 
     def _check_caller(self) -> None:
@@ -741,9 +784,9 @@ class WebSocketPool(EventSource):
                 link._idle = False
                 if self._timing is not None:
                     self._timing.leased(link, now)
-                conn = Connection(link)
+                conn = connection_for(link)
                 if context is not None:
-                    context._conn = conn
+                    context._held = conn
                 return conn
         limit = self.config.acquire_timeout if timeout is None else timeout
         started = time.monotonic()
@@ -780,9 +823,9 @@ class WebSocketPool(EventSource):
                 if self._timing is not None:
                     self._timing.leased(link, now, now - started)
                 break
-        conn = Connection(link)
+        conn = connection_for(link)
         if context is not None:
-            context._conn = conn
+            context._held = conn
         return conn
 
     async def _wait(
@@ -914,16 +957,24 @@ class WebSocketPool(EventSource):
             raise PoolMisuseError("this connection is not leased from this pool")
         conn._link = None
         core = self._core
-        now = _monotonic()  # one clock read for the timing hook and give_back
         if self._timing is not None:
-            self._timing.released(link, now)
-        if (  # noqa: SIM102 (the hot path reads best as one test, then the core's)
+            self._timing.released(link, _monotonic())
+        if (
             link.state is _OPEN
             and not link.reading
             and not link.dirty
             and not link.transport.closed
         ):
-            if core.give_back(slot, now):
+            # One clock read per loop step for every link the step parks: an idle
+            # link's age counts from the step that released it. The first park of
+            # a step reads the clock and schedules the idle-read pass, which ends
+            # the step's use of that reading (_read_scheduled goes False).
+            if self._read_scheduled:
+                now = self._step_time
+            else:
+                now = self._step_time = _monotonic()
+            parked = core.give_back(slot, now)
+            if parked:
                 # The hot path: parked with nothing else to do; watched from the next
                 # loop iteration on (by then it is often leased again).
                 link._idle = True
@@ -933,7 +984,11 @@ class WebSocketPool(EventSource):
                 if not self._read_scheduled:
                     self._read_scheduled = True
                     self._loop.call_soon(self._start_idle_reads)  # type: ignore[union-attr]
-                if core.due < self._sleep_until and self._wakeup is not None:
+                if (
+                    parked == PARKED_DUE_SOONER
+                    and core.due < self._sleep_until
+                    and self._wakeup is not None
+                ):
                     self._wakeup.set()
                 return
         if link.state is _OPEN and link.transport.closed:
@@ -961,6 +1016,7 @@ class WebSocketPool(EventSource):
             # One callback per loop iteration for all links released in it; a link
             # re-acquired before then never starts a background read at all.
             self._read_scheduled = True
+            self._step_time = link.last_used  # the clock mark_idle() just read
             asyncio.get_running_loop().call_soon(self._start_idle_reads)
 
     def _start_idle_reads(self) -> None:
@@ -1055,7 +1111,7 @@ class WebSocketPool(EventSource):
         """
         init = self.config.init
         assert init is not None
-        conn = Connection(link, release_hint="init")
+        conn = connection_for(link)
         limit = self._options[link.backend_id].connect_timeout
         reason = ""
         try:
@@ -1316,7 +1372,7 @@ class WebSocketPool(EventSource):
 
         async def send_one(backend_id: str) -> BaseException | None:
             try:
-                async with _AcquireContext(self, None, timeout, backend_id) as conn:
+                async with _pinned_context(self, timeout, backend_id) as conn:
                     await conn.send(message)
             except (WSClientError, OSError, TimeoutError) as exc:
                 return exc
