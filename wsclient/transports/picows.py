@@ -89,6 +89,7 @@ class PicowsTransport(picows.WSListener):
         "_fragments",
         "_heartbeat",
         "_link",
+        "_loop",
         "_max",
         "_options",
         "_pongs",
@@ -105,6 +106,10 @@ class PicowsTransport(picows.WSListener):
 
     def __init__(self, options: ConnectionOptions) -> None:
         super().__init__()
+        # Made by picows.ws_connect() inside the loop that will run it. Kept: on
+        # CPython 3.11 get_running_loop() makes a getpid() system call, and
+        # receive() would call it for every message it waits for.
+        self._loop = asyncio.get_running_loop()
         self._options = options
         self._max = options.max_message_size or sys.maxsize
         self.close_timeout = options.close_timeout
@@ -280,7 +285,7 @@ class PicowsTransport(picows.WSListener):
             if self._error is not None:
                 raise self._error
             raise link.closed_error()
-        waiter: asyncio.Future[Message | None] = asyncio.get_running_loop().create_future()
+        waiter: asyncio.Future[Message | None] = self._loop.create_future()
         self._waiter = waiter
         message: Message | None
         link.reading = True
@@ -349,7 +354,7 @@ class PicowsTransport(picows.WSListener):
     def _drained(self) -> asyncio.Future[None]:
         drain = self._drain
         if drain is None:
-            drain = self._drain = asyncio.get_running_loop().create_future()
+            drain = self._drain = self._loop.create_future()
         return drain
 
     def ping(self, payload: bytes) -> None:
