@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from typing import Any
 
@@ -244,3 +245,65 @@ async def test_a_change_among_10000_backends_is_cheap() -> None:
             pool.add_backend(Backend(id="extra", url="ws://127.0.0.1:9/extra", weight=3))
             elapsed = time.perf_counter() - started
         assert elapsed < 0.1, (strategy, elapsed)
+
+
+def _new_loop(kind: str) -> asyncio.AbstractEventLoop:
+    if kind == "uvloop":
+        import uvloop
+
+        return uvloop.new_event_loop()
+    return asyncio.new_event_loop()
+
+
+@pytest.mark.parametrize("loop_kind", ["asyncio", "uvloop"])
+@pytest.mark.timeout(30)
+def test_acquire_from_another_loop_is_refused_without_damage(loop_kind: str) -> None:
+    """An acquire on a loop other than the pool's raises PoolMisuseError and leases
+    nothing, whether that loop runs in the pool's thread (the pool's loop stopped) or in
+    another thread (the pool's loop running): on asyncio's loops and on uvloop, whose
+    loop test on the hot path is a different one (it has no ``_thread_id``)."""
+    home, other = _new_loop(loop_kind), _new_loop(loop_kind)
+    server = BackendServer(name="s0")
+    home.run_until_complete(server.start())
+    pool = WebSocketPool(
+        **{**FAST, "health_check": {"enabled": False}},
+        backends=[server.url],
+        min_connections=1,
+        max_connections=1,
+    )
+    try:
+        home.run_until_complete(pool.start())
+        assert pool.idle_count == 1
+
+        async def acquire_here() -> None:
+            async with pool.acquire(timeout=1):
+                pass
+
+        # The pool's thread, its loop stopped: another loop runs here now.
+        with pytest.raises(PoolMisuseError, match="another event loop"):
+            other.run_until_complete(acquire_here())
+        assert (pool.idle_count, pool.active_count) == (1, 0)
+
+        # The pool's loop running in this thread's place... in another thread.
+        runner = threading.Thread(target=home.run_forever)
+        runner.start()
+        try:
+            with pytest.raises(PoolMisuseError, match="another"):
+                other.run_until_complete(acquire_here())
+            assert (pool.idle_count, pool.active_count) == (1, 0)
+        finally:
+            home.call_soon_threadsafe(home.stop)
+            runner.join(10)
+
+        async def still_works() -> str:
+            async with pool.acquire(timeout=3) as conn:
+                await conn.send("home")
+                return str((await conn.receive(timeout=3)).data)
+
+        assert home.run_until_complete(still_works()) == "home"
+        pool._check_invariants()
+    finally:
+        home.run_until_complete(pool.close(timeout=5))
+        home.run_until_complete(server.stop())
+        home.close()
+        other.close()

@@ -182,6 +182,9 @@ class _AcquireContext(Coroutine[Any, Any, Connection]):
                     # The pool's loop is the one running here. On asyncio's loops:
                     # it runs in this thread (one running loop per thread), which
                     # costs no getpid() system call, unlike get_running_loop().
+                    # uvloop does not say which thread runs it: "this thread, and
+                    # the loop is running" would pass for a loop since moved to
+                    # another thread (test_acquire_from_another_loop_...).
                     pool._loop._thread_id == _get_ident()  # type: ignore[union-attr]
                     if pool._base_loop
                     else _get_running_loop() is pool._loop
@@ -1017,7 +1020,7 @@ class WebSocketPool(EventSource):
             # re-acquired before then never starts a background read at all.
             self._read_scheduled = True
             self._step_time = link.last_used  # the clock mark_idle() just read
-            asyncio.get_running_loop().call_soon(self._start_idle_reads)
+            self._loop.call_soon(self._start_idle_reads)  # type: ignore[union-attr]
 
     def _start_idle_reads(self) -> None:
         self._read_scheduled = False
