@@ -838,6 +838,38 @@ def test_ip_hash_incremental_equals_rebuilt(ops: list[tuple[str, int, float]]) -
         assert all(b.pick(k).id == rebuilt.pick(k).id for k in RING_KEYS[:200])
 
 
+@settings(max_examples=40, deadline=None)
+@given(ops=OPS)
+def test_ip_hash_remembered_keys_follow_every_change(ops: list[tuple[str, int, float]]) -> None:
+    """The owners it remembers per key are forgotten by every change of the ring: after
+    each add, remove or reweight, picks equal those of a balancer built fresh."""
+    b = IpHash()
+    members: dict[str, Node] = {}
+    keys = RING_KEYS[:60]
+    for op in ops:
+        members = apply_ops(b, [op], members)
+        if not members:
+            continue
+        fresh = IpHash()
+        fresh.update([Node(t.id, t.weight) for t in members.values()])
+        assert [b.pick(k).id for k in keys] == [fresh.pick(k).id for k in keys]
+        assert all(b.pick(k) is members[b.pick(k).id] for k in keys[:5])  # latest objects
+
+
+def test_ip_hash_memo_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """More distinct keys than the memo holds: it starts over, and picks stay right."""
+    from wsclient.balancers import ip_hash
+
+    monkeypatch.setattr(ip_hash, "_MEMO_KEYS", 50)
+    b = IpHash()
+    b.update([Node(f"n{i}", 1.0) for i in range(8)])
+    first = {k: b.pick(k).id for k in RING_KEYS}
+    assert len(b._memo) <= 50
+    fresh = IpHash()
+    fresh.update([Node(f"n{i}", 1.0) for i in range(8)])
+    assert first == {k: fresh.pick(k).id for k in RING_KEYS}
+
+
 def test_ip_hash_ring_buckets_split_and_join(monkeypatch: pytest.MonkeyPatch) -> None:
     """The ring's buckets split as it grows and join as it shrinks; lookups never change."""
     from wsclient.balancers import ip_hash as balancers

@@ -44,7 +44,7 @@ def test_pool_costs_smoke(tmp_path: Path) -> None:
     res = json.loads(out.read_text())
     assert res["mode"] == "smoke"
     _positive(res, "seconds")
-    for label in ("1. acquire+release", "2. 200 queued", "3. membership", "4. acquire+release"):
+    for label in ("1. acquire+release", "2. 200 queued", "3. membership", "4. pick ns"):
         assert label in proc.stdout, proc.stdout
 
     ac = res["acquire_release"]
@@ -82,12 +82,14 @@ def test_pool_costs_smoke(tmp_path: Path) -> None:
     pk = res["pick"]
     assert pk["setup"]["sizes"] == [10, 50]
     assert set(pk["strategies"]) == set(STRATEGIES)
-    for st in pk["strategies"].values():
-        _positive(st, "ratio")
+    for name, st in pk["strategies"].items():
+        _positive(st, "ratio", "pick_ratio")
         _flag(st, "meets_target")
+        _flag(st, "acquire_release_meets")
+        assert (st["pick_new_keys_ratio"] is not None) == (name == "ip-hash")
         for n in ("10", "50"):
             rec = st["by_size"][n]
-            _positive(rec, "median_ns", "iterations_per_round", "size")
+            _positive(rec, "median_ns", "iterations_per_round", "size", "pick_ns")
             assert rec["warm_acquires"] >= 0  # min_connections=n warms most at start()
             assert rec["size"] <= rec["backends"] == int(n)
     _flag(pk, "meets_target")
