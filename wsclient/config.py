@@ -5,6 +5,10 @@ needs at start). Bad values raise ``pydantic.ValidationError`` (a
 ``ValueError``) naming the field, before any socket opens. Nested options
 accept a model or a plain dict. Secrets (tokens, API keys, auth headers) are
 kept out of ``repr`` so they never reach logs.
+
+Why one file of about 620 lines: it is the one place every option and its
+rule is written down (SPEC §1), read top to bottom like the README's option
+table; the sections follow that table.
 """
 
 from __future__ import annotations

@@ -15,6 +15,10 @@ pool calls ``start_idle_read()`` on the loop iteration after a release (a link
 re-acquired straight away, the hot path, never starts it), and the transport
 answers pings, counts pongs and reports closes and stray data by callback
 without a task per message.
+
+Why one file of about 640 lines: the link and its handle are one object seen
+from two sides (the handle is a few slots pointing at the link), and
+``connect()`` is the link's constructor for direct use.
 """
 
 from __future__ import annotations

@@ -43,7 +43,7 @@ list pop, and its release skips every admission check while the core's epoch
 is unchanged (``give_back``); enqueueing a waiter is O(1) (plus O(log n) when it has to join the
 open queue); a membership, weight or health change is one balancer update.
 
-Why one module of about 1,300 lines: it is one state machine with one set of
+Why one module of about 1,450 lines: it is one state machine with one set of
 invariants (``check_invariants``), and every method reads and writes the same
 counts; split across modules, each half would have to keep the other's
 invariants without seeing them. The records and effects it works with are in

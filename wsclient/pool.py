@@ -12,7 +12,7 @@ A pool belongs to the event loop (and thread) that started it: calls from
 another thread or loop are refused with ``PoolMisuseError`` before they touch
 anything.
 
-Why one file of about 1,250 lines: ``WebSocketPool`` is the public API of
+Why one file of about 1,500 lines: ``WebSocketPool`` is the public API of
 SPEC §1 (lifecycle, acquire/release, membership, status, broadcast/drain, and
 the entry points of messaging and fleet features) and each of its methods is
 a thin translation into core calls plus the I/O of that call; what is left of

@@ -30,6 +30,9 @@ records each request), :class:`RedirectingPeer`, :class:`NeverReadingPeer`,
 :class:`DribblingPeer` does by default),
 :class:`PingFloodingPeer` and :class:`SendingPeer` (an aiohttp server that sends given
 messages, with or without permessage-deflate).
+
+Why one file of about 700 lines: the peers share one raw-socket server base
+and its handshake; most peers are a short subclass of it.
 """
 
 from __future__ import annotations

@@ -1,4 +1,10 @@
-"""``BackendServer``: an in-process aiohttp WebSocket echo backend with run-time faults."""
+"""``BackendServer``: an in-process aiohttp WebSocket echo backend with run-time faults.
+
+Why one file of about 650 lines: the server is one class whose fault switches
+(refuse, stall, close with a code, malformed frames, 5xx health) share its
+connection registry; what is common with the subprocess backends is in
+``_common.py``.
+"""
 
 from __future__ import annotations
 

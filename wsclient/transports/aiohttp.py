@@ -27,6 +27,11 @@ frames and closes then go on through ``_receive()``, and a failure through
 aiohttp's own ``receive()``, as before. Both lean on aiohttp internals, probed
 once per connection (``_direct_parts``): with an aiohttp that lacks them, or
 with compression on, the public coroutines are used.
+
+Why one file of about 800 lines: everything here leans on the same aiohttp
+internals (probed in one place), and the idle watcher, the hot path and the
+bounded close share the reader's state; split, each part would reach into the
+others' private attributes.
 """
 
 from __future__ import annotations
