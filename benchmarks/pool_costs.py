@@ -1,10 +1,10 @@
 """The pool's own costs, client side only: ``python benchmarks/pool_costs.py [--quick]``.
 
-Four figures (SPEC §2 item 12 and §7), each measured through the public API only
+Four figures (SPEC §2 item 12 and §7), each measured through the public API
 (``WebSocketPool(...)``, ``start()``/``close()``, ``acquire()``, ``release()``,
 ``add_backend()``, ``remove_backend(..., drain=False)``, ``set_weight()``, ``size``,
-``idle_count``, ``waiting_count``), so the script runs unchanged against any
-implementation of the pool:
+``idle_count``, ``waiting_count``), except the pick alone of item 4, which calls the
+pool's own balancer (``pool._core._balancer.pick``):
 
 1. acquire+release   ``conn = await pool.acquire(); pool.release(conn)`` with one idle
                      connection vs ``await q.get(); q.put_nowait(x)`` on an
@@ -15,8 +15,11 @@ implementation of the pool:
 3. membership        ``set_weight``, ``add_backend``, ``remove_backend(drain=False)`` on a
                      started pool of 10, 100, 1,000 and 10,000 backends (no connections):
                      ms per change and the longest loop stall around each.
-4. pick              acquire+release with an idle connection on every backend, at 10 and
-                     10,000 backends, for every strategy; the multiple from 10 to 10,000.
+4. pick              the pick alone (the pool's balancer, no lease), at 10 and 10,000
+                     backends, for every strategy (ip-hash also with keys that always
+                     miss its memo): the multiple from 10 to 10,000 is the target; and
+                     acquire+release around it with an idle connection on every backend,
+                     which also counts 10,000 connections' state out of the CPU cache.
 
 The echo backends (items 1, 2 and 4) are the benchmarks' usual aiohttp echo servers in a
 separate process (``_servers.EchoServers``: four ports in one child), so this process's
@@ -56,6 +59,7 @@ from _servers import EchoServers
 
 import wsclient
 from wsclient import Backend, Connection, WebSocketPool
+from wsclient.balancers import Balancer, IpHash, ip_hash
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_JSON = HERE / "results" / "pool_costs.json"
@@ -63,7 +67,7 @@ DEFAULT_JSON = HERE / "results" / "pool_costs.json"
 TARGET_ACQUIRE_RATIO = 3.0  # pool pair / Queue pair
 TARGET_STALL_MS = 50.0  # longest loop stall while 2,000 acquires queue and drain
 TARGET_CHANGE_MS = 5.0  # one membership or weight change at 10,000 backends
-TARGET_PICK_RATIO = 2.0  # acquire+release at 10,000 backends / at 10
+TARGET_PICK_RATIO = 2.0  # the pick alone at 10,000 backends / at 10
 
 STRATEGIES: tuple[str, ...] = (
     "round-robin",
@@ -78,7 +82,7 @@ ECHO_PORTS = 4
 UNREACHABLE = "ws://127.0.0.1:9/b{}"
 IP_KEYS = 256  # ip-hash affinity keys, cycled; each maps to one backend
 PICK_ITERATIONS = 20_000  # picks per round of the pick-alone arms
-PICK_NEW_KEYS = 3 * 4096  # ip-hash keys cycled past its 4,096-key memo: all lookups
+PICK_NEW_KEYS = 3 * ip_hash._MEMO_KEYS  # cycled past ip-hash's memo: every pick a lookup
 
 
 @dataclass(frozen=True)
@@ -536,11 +540,11 @@ async def _warm(
     return {"warm_s": time.perf_counter() - t0, "warm_acquires": acquires, "size": pool.size}
 
 
-def _picks(pool: WebSocketPool, n: int, keys: list[str] | None) -> float:
-    """ns per pick of the pool's own balancer, alone: no lease, no connection touched.
-    ``keys`` are cycled (the bench's 256 keys) or, for ip-hash's new-key arm, longer
-    than its memo, so that every pick is a lookup on the ring."""
-    pick = pool._core._balancer.pick
+def _picks(balancer: Balancer, n: int, keys: list[str] | None) -> float:
+    """ns per pick of a balancer alone: no lease, no connection touched. ``keys`` are
+    cycled (the bench's 256 keys) or, for ip-hash's new-key arm, longer than its memo,
+    so that every pick is a lookup on the ring."""
+    pick = balancer.pick
     if keys is None:
         t0 = time.perf_counter_ns()
         for _ in range(n):
@@ -578,6 +582,7 @@ async def pick_strategy(
     pick_arms: dict[str, list[str] | None] = {"pick": key_list}
     if strategy == "ip-hash":
         pick_arms["pick_new_keys"] = [f"new-{i}" for i in range(PICK_NEW_KEYS)]
+    pick_balancers: dict[int, dict[str, Balancer]] = {}
     try:
         for n in s.pick_sizes:
             t = time.perf_counter()
@@ -589,6 +594,15 @@ async def pick_strategy(
             # Calibrate: a round of about pick_round_s, at least 100 pairs.
             per_pair_s = max(await _pairs(pool, 200, key_list), 1.0) * 1e-9
             iters = max(100, min(100_000, int(s.pick_round_s / per_pair_s)))
+            # The pool's own balancer; for the new-key arm a copy with the same
+            # members, so that its misses do not push the 256 keys of the pairs
+            # out of the pool's memo.
+            own: Balancer = pool._core._balancer
+            pick_balancers[n] = {"pick": own}
+            if "pick_new_keys" in pick_arms:
+                copy = IpHash()
+                copy.update(list(own._members.values()))
+                pick_balancers[n]["pick_new_keys"] = copy
             per[str(n)] = {
                 "backends": n,
                 "start_s": start_s,
@@ -609,7 +623,9 @@ async def pick_strategy(
                 )
                 rec["opened_during_rounds"] += pool.size - before
                 for arm, arm_keys in pick_arms.items():
-                    rec[f"{arm}_rounds_ns"].append(_picks(pool, PICK_ITERATIONS, arm_keys))
+                    rec[f"{arm}_rounds_ns"].append(
+                        _picks(pick_balancers[n][arm], PICK_ITERATIONS, arm_keys)
+                    )
                 await asyncio.sleep(0)
     finally:
         for pool in pools.values():
@@ -661,6 +677,10 @@ async def bench_pick(urls: list[str], s: Settings) -> dict[str, Any]:
             "warm_up": "acquire+release until every backend the strategy picks holds an idle "
             "connection (size == n; ip-hash: the backends its keys map to)",
             "ip_hash_keys": f"{IP_KEYS} random IPv4 strings, cycled",
+            "pick_alone": f"{PICK_ITERATIONS} picks of the pool's own balancer per round, "
+            "after each round of pairs; ip-hash also with "
+            f"{PICK_NEW_KEYS} keys cycled (more than its memo holds: every pick a ring "
+            "lookup) on a copy of its balancer, so the pairs' keys stay remembered",
             "rounds": s.pick_rounds,
             "order": "the two sizes alternate round by round (small, big, big, small, ...)",
             "round_s": s.pick_round_s,
@@ -798,7 +818,7 @@ async def run_all(s: Settings) -> dict[str, Any]:
         res["queueing"] = await bench_queueing(servers.urls[0], s)
         log(f"3. membership changes at {list(s.membership_sizes)} backends")
         res["membership"] = await bench_membership(s)
-        log(f"4. acquire+release at {list(s.pick_sizes)} backends, every strategy")
+        log(f"4. pick, and acquire+release, at {list(s.pick_sizes)} backends, every strategy")
         res["pick"] = await bench_pick(servers.urls, s)
     res["environment"]["loadavg_end"] = list(os.getloadavg())
     res["seconds"] = round(time.monotonic() - t0, 1)

@@ -255,14 +255,8 @@ def _new_loop(kind: str) -> asyncio.AbstractEventLoop:
     return asyncio.new_event_loop()
 
 
-@pytest.mark.parametrize("loop_kind", ["asyncio", "uvloop"])
-@pytest.mark.timeout(30)
-def test_acquire_from_another_loop_is_refused_without_damage(loop_kind: str) -> None:
-    """An acquire on a loop other than the pool's raises PoolMisuseError and leases
-    nothing, whether that loop runs in the pool's thread (the pool's loop stopped) or in
-    another thread (the pool's loop running): on asyncio's loops and on uvloop, whose
-    loop test on the hot path is a different one (it has no ``_thread_id``)."""
-    home, other = _new_loop(loop_kind), _new_loop(loop_kind)
+def _one_link_pool(home: asyncio.AbstractEventLoop) -> tuple[BackendServer, WebSocketPool]:
+    """A backend and a started one-connection pool on ``home`` (not running after)."""
     server = BackendServer(name="s0")
     home.run_until_complete(server.start())
     pool = WebSocketPool(
@@ -271,8 +265,21 @@ def test_acquire_from_another_loop_is_refused_without_damage(loop_kind: str) -> 
         min_connections=1,
         max_connections=1,
     )
+    home.run_until_complete(pool.start())
+    return server, pool
+
+
+@pytest.mark.parametrize("loop_kind", ["asyncio", "uvloop"])
+@pytest.mark.timeout(30)
+def test_acquire_from_another_loop_is_refused_without_damage(loop_kind: str) -> None:
+    """An acquire on a loop other than the pool's, in the pool's thread, raises
+    PoolMisuseError and leases nothing: with the pool's loop stopped, and with the
+    pool's loop running in another thread (so "the pool's thread, and its loop is
+    running" would wrongly pass). On asyncio's loops and on uvloop, whose loop test on
+    the hot path is a different one (it has no ``_thread_id``)."""
+    home, other = _new_loop(loop_kind), _new_loop(loop_kind)
+    server, pool = _one_link_pool(home)
     try:
-        home.run_until_complete(pool.start())
         assert pool.idle_count == 1
 
         async def acquire_here() -> None:
@@ -284,16 +291,20 @@ def test_acquire_from_another_loop_is_refused_without_damage(loop_kind: str) -> 
             other.run_until_complete(acquire_here())
         assert (pool.idle_count, pool.active_count) == (1, 0)
 
-        # The pool's loop running in this thread's place... in another thread.
+        # The pool's loop running, in another thread; this thread runs another loop.
+        running = threading.Event()
+        home.call_soon(running.set)  # the first callback of the run: it is running
         runner = threading.Thread(target=home.run_forever)
         runner.start()
         try:
-            with pytest.raises(PoolMisuseError, match="another"):
+            assert running.wait(10)
+            with pytest.raises(PoolMisuseError, match="another event loop"):
                 other.run_until_complete(acquire_here())
             assert (pool.idle_count, pool.active_count) == (1, 0)
         finally:
             home.call_soon_threadsafe(home.stop)
             runner.join(10)
+        assert not runner.is_alive()
 
         async def still_works() -> str:
             async with pool.acquire(timeout=3) as conn:
@@ -307,3 +318,32 @@ def test_acquire_from_another_loop_is_refused_without_damage(loop_kind: str) -> 
         home.run_until_complete(server.stop())
         home.close()
         other.close()
+
+
+@pytest.mark.timeout(30)
+def test_release_while_the_pools_loop_is_stopped_keeps_idle_reads_scheduled() -> None:
+    """release() in the pool's thread while its loop is stopped (no loop running) parks
+    the connection and schedules the idle-read pass on the pool's loop: it used to ask
+    get_running_loop() for it and raise RuntimeError with the pass marked scheduled,
+    after which no idle connection was read again (closes went unnoticed)."""
+    home = asyncio.new_event_loop()
+    server, pool = _one_link_pool(home)
+    try:
+        conn = home.run_until_complete(pool.acquire(timeout=3))
+        first = conn.id
+        pool.release(conn)  # no loop running in this thread now
+        assert pool.idle_count == 1
+
+        async def closed_idle_link_is_noticed() -> str:
+            await server.close_all(1001, "restart")  # seen only if the idle link is read
+            await until(lambda: pool._core.stats["closed"] > 0)
+            async with pool.acquire(timeout=3) as again:
+                assert again.id != first
+                await assert_echo(again, "fresh")
+                return again.backend_id
+
+        assert home.run_until_complete(closed_idle_link_is_noticed()) == pool.backends[0].id
+    finally:
+        home.run_until_complete(pool.close(timeout=5))
+        home.run_until_complete(server.stop())
+        home.close()

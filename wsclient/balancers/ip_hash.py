@@ -213,12 +213,16 @@ class IpHash(_Incremental):
     points, so weights are quantised to 1/32 (a weight below 1/64 counts as
     1/32; a slow-start ramp starting at 0.1 weighs 3/32 = 0.094), and weights
     above 32 count as 32, which also bounds one add or remove to 1024 ring
-    updates (about 3 ms among 10,000 backends). The owners of the last 4,096
-    keys are remembered until the ring changes (any add, remove, weight change
-    or update), so a repeated key costs one dict lookup. On top of that comes the ring's
+    updates (about 3 ms among 10,000 backends). On top of that comes the ring's
     placement noise: with 12 probes and 32 points per unit of weight the
     shares of 2:1:1 land within about 1 % of 50/25/25 (worst of 40 random id
     sets: 2.3 %, including key sampling noise).
+
+    The owners of up to 4,096 keys are remembered until the ring changes (an
+    add, a removal, a weight change that moves points, an update), so a
+    repeated key costs one dict lookup; when full, the memo starts over (a
+    working set of more keys than that never hits, and costs what it did
+    without the memo plus an insert).
     """
 
     name = "ip-hash"
