@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -79,6 +80,24 @@ async def until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
         if loop.time() > deadline:
             raise AssertionError(f"condition not reached within {timeout} s")
         await asyncio.sleep(0.001)
+
+
+async def worst_loop_stall(seconds: float, step: float = 0.01) -> float:
+    """The longest lateness of ``asyncio.sleep(step)`` over ``seconds``, with the garbage
+    collector paused: a full collection of the whole suite's heap can stall the loop
+    for a few hundred ms, which is the test process's doing, not the pool's."""
+    loop = asyncio.get_running_loop()
+    gc.collect()
+    gc.disable()
+    try:
+        worst, end = 0.0, loop.time() + seconds
+        while loop.time() < end:
+            before = loop.time()
+            await asyncio.sleep(step)
+            worst = max(worst, loop.time() - before - step)
+        return worst
+    finally:
+        gc.enable()
 
 
 async def assert_echo(conn: Connection, data: str | bytes) -> None:
