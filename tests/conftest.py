@@ -87,6 +87,7 @@ async def worst_loop_stall(seconds: float, step: float = 0.01) -> float:
     collector paused: a full collection of the whole suite's heap can stall the loop
     for a few hundred ms, which is the test process's doing, not the pool's."""
     loop = asyncio.get_running_loop()
+    was_enabled = gc.isenabled()
     gc.collect()
     gc.disable()
     try:
@@ -97,7 +98,8 @@ async def worst_loop_stall(seconds: float, step: float = 0.01) -> float:
             worst = max(worst, loop.time() - before - step)
         return worst
     finally:
-        gc.enable()
+        if was_enabled:  # leave it as the caller had it
+            gc.enable()
 
 
 async def assert_echo(conn: Connection, data: str | bytes) -> None:

@@ -70,7 +70,7 @@ class _WeightIndex:
         # builds a float each time).
         self.lanes: dict[int, array[int]] = {}
         self.lane_pos: list[int] = []
-        # (running sums of lane totals, lane slot lists, lane units) or None.
+        # (running sums of lane totals, lane slot arrays, lane units) or None.
         self.plan: tuple[list[int], list[array[int]], list[int]] | None = None
 
     @property
