@@ -529,7 +529,7 @@ class ChaosRun:
                 self.violation(
                     "acquire-over-timeout",
                     f"acquire took {latency:.3f} s (timeout {timeout} s, limit {limit:.3f} s, "
-                    + detail,
+                    f"{detail}",
                 )
 
     async def _pacer(self) -> None:
@@ -1395,11 +1395,6 @@ class _JudgeWatch(ChaosRun):
             await self.judged.wait()
 
 
-def _stall_the_loop(seconds: float) -> None:
-    """The fault: the event loop's thread is busy (called from a coroutine on purpose)."""
-    time.sleep(seconds)
-
-
 async def test_an_acquire_caught_in_a_loop_stall_is_judged_with_that_stall() -> None:
     """The harness's own check: an acquire that returns in the step right after a loop
     stall is judged once the lag monitor has recorded the stall (it used to be judged
@@ -1419,7 +1414,7 @@ async def test_an_acquire_caught_in_a_loop_stall_is_judged_with_that_stall() -> 
     # The monitor is back in its sleep (it judged, then slept); the loop stalls under
     # an acquire that ends in the same step as the stall.
     start = run.now()
-    _stall_the_loop(0.3)
+    time.sleep(0.3)  # noqa: ASYNC251 - the fault: the loop's thread is busy, on purpose
     end = run.now()
     assert run._lag_between(start, end) == 0.0  # not recorded yet: judging now is wrong
     run._late_acquires.append((start, end, 0.1, "stalled"))
